@@ -1,0 +1,143 @@
+import { readFile } from 'node:fs/promises';
+import sharp from 'sharp';
+import { getPreprocessShape } from '../amg/transforms.js';
+import type { BoxXyxy, Size } from '../amg/types.js';
+import { inputError } from '../errors.js';
+
+/** 8-bit RGB pixels, row-major HWC: `data.length === height * width * 3`. */
+export interface RgbImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+export const IMAGE_SIZE = 1024;
+export const PIXEL_MEAN = [123.675, 116.28, 103.53] as const;
+export const PIXEL_STD = [58.395, 57.12, 57.375] as const;
+
+/**
+ * Decode an image file the way SAM's scripts see it: EXIF orientation applied, alpha dropped
+ * (not composited, as PIL's convert('RGB')), grayscale expanded to RGB, 16-bit reduced to 8-bit.
+ */
+export async function loadImage(path: string): Promise<RgbImage> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw inputError(`${path}: no such file; check the path`, err);
+    if (code === 'EISDIR') throw inputError(`${path}: is a folder, not an image; pass an image file`, err);
+    throw inputError(`${path}: cannot read (${code ?? 'unknown error'}); check its permissions`, err);
+  }
+  if (bytes.length === 0) throw inputError(`${path}: empty file (0 bytes); re-export or re-download the image`);
+  try {
+    const { data, info } = await sharp(bytes, { failOn: 'warning', limitInputPixels: 1 << 30 })
+      .autoOrient()
+      .removeAlpha()
+      .toColourspace('srgb')
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) {
+      throw new Error(`decoded to ${info.channels} channels`);
+    }
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height };
+  } catch (err) {
+    const reason = String((err as Error).message ?? err).split('\n')[0];
+    if (/unsupported image format/i.test(reason)) {
+      throw inputError(`${path}: not an image sharp can decode (JPEG, PNG, WebP, TIFF, GIF, AVIF); convert it or remove it from the input`, err);
+    }
+    throw inputError(`${path}: corrupt or truncated image (${reason}); re-export or re-download it`, err);
+  }
+}
+
+/** The sub-image `box` (XYXY, exclusive max), as SAM's generator slices `image[y0:y1, x0:x1]`. */
+export function cropImage(image: RgbImage, box: BoxXyxy): RgbImage {
+  const [x0, y0, x1, y1] = box;
+  if (x0 === 0 && y0 === 0 && x1 === image.width && y1 === image.height) return image;
+  const w = x1 - x0;
+  const h = y1 - y0;
+  const out = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    const src = ((y0 + y) * image.width + x0) * 3;
+    out.set(image.data.subarray(src, src + w * 3), y * w * 3);
+  }
+  return { data: out, width: w, height: h };
+}
+
+/**
+ * Resize so the longest side is 1024, as SAM's ResizeLongestSide.apply_image (PIL bilinear on
+ * uint8, antialiased when shrinking, half-pixel centres, edge pixels clamped).
+ *
+ * libvips' `resize` with the linear kernel matches PIL when shrinking. When enlarging it uses a
+ * different centre convention, so there we use `affine` (bilinear) with offsets that put output
+ * pixel centres at (X + 0.5) / s - 0.5, on an input padded by copying its edges (libvips
+ * would otherwise blend edge pixels with black). Measured against PIL in test/preprocess.test.ts.
+ */
+export async function resizeLongestSide(image: RgbImage, longSide = IMAGE_SIZE): Promise<RgbImage> {
+  const [newH, newW] = getPreprocessShape(image.height, image.width, longSide);
+  if (newH === image.height && newW === image.width) return image;
+  const raw = { width: image.width, height: image.height, channels: 3 as const };
+  let data: Buffer;
+  if (newH < image.height || newW < image.width) {
+    data = await sharp(image.data, { raw })
+      .resize(newW, newH, { kernel: 'linear', fit: 'fill' })
+      .raw()
+      .toBuffer();
+  } else {
+    const pad = 2;
+    const sx = newW / image.width;
+    const sy = newH / image.height;
+    const padded = await sharp(image.data, { raw })
+      .extend({ top: pad, bottom: pad, left: pad, right: pad, extendWith: 'copy' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    // Forward map X = s * (x_padded + idx) + odx = s * (x + 0.5) - 0.5.
+    const enlarged = await sharp(padded.data, { raw: { width: padded.info.width, height: padded.info.height, channels: 3 } })
+      .affine([[sx, 0], [0, sy]], { idx: 0.5 - pad, idy: 0.5 - pad, odx: -0.5, ody: -0.5, interpolator: 'bilinear' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    if (enlarged.info.width < newW || enlarged.info.height < newH) {
+      throw new Error(`internal: enlarged image ${enlarged.info.width}x${enlarged.info.height} smaller than ${newW}x${newH}`);
+    }
+    data = Buffer.alloc(newW * newH * 3);
+    for (let y = 0; y < newH; y++) {
+      const src = y * enlarged.info.width * 3;
+      enlarged.data.copy(data, y * newW * 3, src, src + newW * 3);
+    }
+  }
+  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: newW, height: newH };
+}
+
+/**
+ * (v - mean) / std per channel for every uint8 value, rounded as PyTorch computes it in float32
+ * (the subtraction is exact in float64; float64 division then rounding to float32 is correctly
+ * rounded), so the encoder input is bit-identical to the official one.
+ */
+const NORMALIZE_LUT: Float32Array[] = [0, 1, 2].map((c) => {
+  const mean = Math.fround(PIXEL_MEAN[c]);
+  const std = Math.fround(PIXEL_STD[c]);
+  const lut = new Float32Array(256);
+  for (let v = 0; v < 256; v++) lut[v] = Math.fround(v - mean) / std;
+  return lut;
+});
+
+/**
+ * The encoder input: resized image normalized per channel and zero-padded bottom/right.
+ * Returns Float32Array [1, 3, 1024, 1024] (NCHW) and the pre-padding size [h', w'].
+ */
+export async function preprocess(image: RgbImage): Promise<{ tensor: Float32Array; inputSize: Size }> {
+  const resized = await resizeLongestSide(image);
+  const plane = IMAGE_SIZE * IMAGE_SIZE;
+  const tensor = new Float32Array(3 * plane);
+  const { data, width, height } = resized;
+  for (let c = 0; c < 3; c++) {
+    const lut = NORMALIZE_LUT[c];
+    const base = c * plane;
+    for (let y = 0; y < height; y++) {
+      const row = base + y * IMAGE_SIZE;
+      let src = y * width * 3 + c;
+      for (let x = 0; x < width; x++, src += 3) tensor[row + x] = lut[data[src]];
+    }
+  }
+  return { tensor, inputSize: [height, width] };
+}

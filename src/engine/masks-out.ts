@@ -1,0 +1,104 @@
+import sharp from 'sharp';
+import { boxXyxyToXywh, maskLogitStats } from '../amg/masks.js';
+import { encodeMask } from '../amg/rle.js';
+import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle } from '../amg/types.js';
+import { produceFileAtomic } from './fsutil.js';
+import type { RgbImage } from './image.js';
+
+/** One prompted mask as `sam segment` writes it. */
+export interface SegmentMask {
+  segmentation: CocoRle;
+  area: number;
+  /** XYWH of the mask's XYXY box with inclusive max indices, as SAM's generator writes it. */
+  bbox: BoxXywh;
+  predicted_iou: number;
+  stability_score: number;
+}
+
+/** Binarize [K, h, w] logits at 0.0 and describe each mask (one fused pass per mask). */
+export function describeMasks(logits: Float32Array, iou: Float32Array, h: number, w: number): { masks: BinaryMask[]; records: SegmentMask[] } {
+  const masks: BinaryMask[] = [];
+  const records: SegmentMask[] = [];
+  for (let k = 0; k < iou.length; k++) {
+    const data = new Uint8Array(h * w);
+    const stats = maskLogitStats(logits, k * h * w, h, w, 0.0, 1.0, data);
+    const mask = { data, h, w };
+    masks.push(mask);
+    records.push({
+      segmentation: encodeMask(mask),
+      area: stats.area,
+      bbox: boxXyxyToXywh(stats.box),
+      predicted_iou: iou[k],
+      stability_score: Number.isNaN(stats.stabilityScore) ? 0 : stats.stabilityScore,
+    });
+  }
+  return { masks, records };
+}
+
+/** A binary mask as an 8-bit grayscale PNG (0 / 255), written atomically. */
+export async function writeMaskPng(path: string, mask: BinaryMask): Promise<void> {
+  const px = new Uint8Array(mask.data.length);
+  for (let i = 0; i < px.length; i++) px[i] = mask.data[i] ? 255 : 0;
+  await produceFileAtomic(path, (tmp) =>
+    sharp(px, { raw: { width: mask.w, height: mask.h, channels: 1 } })
+      .png({ compressionLevel: 6 })
+      .toFile(tmp),
+  );
+}
+
+/** Distinct, saturated colours for overlays (golden-angle hues). */
+export function overlayColour(i: number): [number, number, number] {
+  const h = (i * 137.508) % 360;
+  const f = (n: number) => {
+    const k = (n + h / 30) % 12;
+    return Math.round(255 * (0.55 - 0.45 * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
+  };
+  return [f(0), f(8), f(4)];
+}
+
+export interface OverlayPrompt {
+  points?: { x: number; y: number; label: number }[];
+  box?: BoxXyxy;
+}
+
+/**
+ * The image with each mask blended in its colour and outlined, plus the prompts (green dots
+ * foreground, red dots background, box in yellow), as a PNG for a person to check.
+ */
+export async function writeOverlayPng(path: string, image: RgbImage, masks: readonly BinaryMask[], prompt: OverlayPrompt = {}): Promise<void> {
+  const { width: w, height: h } = image;
+  const px = Uint8Array.from(image.data);
+  const alpha = 0.5;
+  masks.forEach((mask, i) => {
+    const [r, g, b] = overlayColour(i);
+    const d = mask.data;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const j = y * w + x;
+        if (!d[j]) continue;
+        const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !d[j - 1] || !d[j + 1] || !d[j - w] || !d[j + w];
+        const a = edge ? 1 : alpha;
+        const o = j * 3;
+        px[o] = Math.round(px[o] * (1 - a) + r * a);
+        px[o + 1] = Math.round(px[o + 1] * (1 - a) + g * a);
+        px[o + 2] = Math.round(px[o + 2] * (1 - a) + b * a);
+      }
+    }
+  });
+  const radius = Math.max(3, Math.round(Math.max(w, h) / 150));
+  const shapes: string[] = [];
+  if (prompt.box) {
+    const [x0, y0, x1, y1] = prompt.box;
+    shapes.push(`<rect x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" fill="none" stroke="#ffd400" stroke-width="${Math.max(2, radius / 2)}"/>`);
+  }
+  for (const p of prompt.points ?? []) {
+    const fill = p.label === 1 ? '#00d000' : '#e00000';
+    shapes.push(`<circle cx="${p.x}" cy="${p.y}" r="${radius}" fill="${fill}" stroke="#ffffff" stroke-width="${Math.max(1, radius / 3)}"/>`);
+  }
+  let pipeline = sharp(px, { raw: { width: w, height: h, channels: 3 } });
+  if (shapes.length > 0) {
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}">${shapes.join('')}</svg>`;
+    pipeline = pipeline.composite([{ input: Buffer.from(svg), top: 0, left: 0 }]);
+  }
+  await produceFileAtomic(path, (tmp) => pipeline.png().toFile(tmp));
+}

@@ -1,0 +1,306 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { modelError } from '../errors.js';
+
+/** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
+export interface ModelManifest {
+  format: 'sam-onnx/1';
+  /** Stable identifier stored in embedding files, so embeddings of another model are refused. */
+  id: string;
+  type?: string;
+  encoder: string;
+  decoder: string;
+  /** True when the decoder takes a dynamic prompt batch: point_coords [B, N, 2]. */
+  decoderBatched?: boolean;
+  description?: string;
+}
+
+export interface SessionOptions {
+  /** Intra-op threads per ORT session; default: all cores. */
+  threads?: number;
+}
+
+type Dims = ReadonlyArray<number | string>;
+
+/** Expected I/O of the official export (scripts/export_onnx_model.py) and the common encoder export. */
+const ENCODER_INPUTS: Record<string, Dims> = { image: [1, 3, 1024, 1024] };
+const ENCODER_OUTPUTS: Record<string, Dims> = { image_embeddings: [1, 256, 64, 64] };
+const DECODER_INPUTS: Record<string, Dims> = {
+  image_embeddings: [1, 256, 64, 64],
+  point_coords: ['B', 'N', 2],
+  point_labels: ['B', 'N'],
+  mask_input: ['B', 1, 256, 256],
+  has_mask_input: ['B'],
+  orig_im_size: [2],
+};
+const DECODER_OUTPUTS: Record<string, Dims> = {
+  masks: ['B', 'M', 'H', 'W'],
+  iou_predictions: ['B', 'M'],
+  low_res_masks: ['B', 'M', 256, 256],
+};
+
+function shapeOf(meta: readonly ort.InferenceSession.ValueMetadata[], name: string): Dims | undefined {
+  const m = meta.find((v) => v.name === name);
+  return m && m.isTensor ? m.shape : undefined;
+}
+
+const fmtDims = (d: Dims): string => `[${d.join(',')}]`;
+
+/**
+ * Check a session against the contract: every expected name present, and every static dimension
+ * the model declares equal to the expected one (symbolic dimensions on either side match anything).
+ */
+function checkContract(
+  what: string,
+  file: string,
+  session: ort.InferenceSession,
+  inputs: Record<string, Dims>,
+  outputs: Record<string, Dims>,
+): void {
+  const fix = 'use an export with the official SAM signature (see README "Models"), or fix manifest.json';
+  for (const [kind, expected, names, meta] of [
+    ['input', inputs, session.inputNames, session.inputMetadata],
+    ['output', outputs, session.outputNames, session.outputMetadata],
+  ] as const) {
+    const missing = Object.keys(expected).filter((n) => !names.includes(n));
+    if (missing.length > 0) {
+      throw modelError(
+        `${file}: not a SAM ${what}: expected ${kind}s ${Object.keys(expected).join(', ')} but found ${names.join(', ') || 'none'} (missing ${missing.join(', ')}); ${fix}`,
+      );
+    }
+    for (const [name, want] of Object.entries(expected)) {
+      const got = shapeOf(meta, name);
+      if (!got || got.length === 0) continue;
+      const fits =
+        got.length === want.length &&
+        got.every((g, i) => typeof g !== 'number' || g < 0 || typeof want[i] !== 'number' || g === want[i]);
+      if (!fits) {
+        throw modelError(`${file}: SAM ${what} ${kind} '${name}' should have shape ${fmtDims(want)} but has ${fmtDims(got)}; ${fix}`);
+      }
+    }
+  }
+}
+
+async function createSession(file: string, options: SessionOptions): Promise<ort.InferenceSession> {
+  const threads = options.threads ?? availableParallelism();
+  try {
+    return await ort.InferenceSession.create(file, {
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+      graphOptimizationLevel: 'all',
+      logSeverityLevel: 3,
+    });
+  } catch (err) {
+    const reason = String((err as Error).message ?? err).split('\n')[0];
+    throw modelError(`${file}: onnxruntime cannot load it (${reason}); re-export or re-download the model file`, err);
+  }
+}
+
+/** The image encoder: image [1,3,1024,1024] → image_embeddings [1,256,64,64]. */
+export class EncoderSession {
+  constructor(
+    readonly file: string,
+    readonly session: ort.InferenceSession,
+  ) {}
+
+  async run(image: Float32Array): Promise<Float32Array> {
+    const out = await this.session.run({ image: new ort.Tensor('float32', image, [1, 3, 1024, 1024]) }, ['image_embeddings']);
+    const emb = out.image_embeddings;
+    const dims = emb.dims;
+    if (dims.length !== 4 || dims[0] !== 1 || dims[1] !== 256 || dims[2] !== 64 || dims[3] !== 64) {
+      throw modelError(`${this.file}: image_embeddings should have shape [1,256,64,64] but the model produced ${fmtDims(dims)}; use an encoder export with the official SAM signature`);
+    }
+    return emb.data as Float32Array;
+  }
+}
+
+export type DecoderOutputName = 'masks' | 'iou_predictions' | 'low_res_masks';
+
+export interface DecoderFeeds {
+  /** [1, 256, 64, 64] */
+  embeddings: ort.Tensor;
+  /** [B, N, 2] in the 1024 frame. */
+  pointCoords: Float32Array;
+  /** [B, N] */
+  pointLabels: Float32Array;
+  batch: number;
+  numPoints: number;
+  /** [B, 1, 256, 256] low-res logits of a previous prediction, or undefined for none. */
+  maskInput?: Float32Array;
+  /** [h, w] the decoder upscales `masks` to. */
+  origSize: [number, number];
+}
+
+export interface DecoderResult {
+  /** [B, M, h, w] logits at origSize (only when requested). */
+  masks?: Float32Array;
+  /** [B, M] */
+  iouPredictions: Float32Array;
+  /** [B, M, 256, 256] (only when requested). */
+  lowResMasks?: Float32Array;
+  numMasks: number;
+}
+
+/** The prompt encoder + mask decoder with the official export signature, batched or not. */
+export class DecoderSession {
+  private readonly zeroMasks = new Map<number, ort.Tensor>();
+  constructor(
+    readonly file: string,
+    readonly session: ort.InferenceSession,
+    /** point_coords has a dynamic batch dimension: B prompts per call. */
+    readonly batched: boolean,
+  ) {}
+
+  /** Number of masks per prompt (4 for the default export, 1 for --return-single-mask), when declared. */
+  get declaredNumMasks(): number | undefined {
+    const m = shapeOf(this.session.outputMetadata, 'iou_predictions')?.[1];
+    return typeof m === 'number' && m > 0 ? m : undefined;
+  }
+
+  private zeroMaskInput(batch: number): ort.Tensor {
+    let t = this.zeroMasks.get(batch);
+    if (!t) {
+      t = new ort.Tensor('float32', new Float32Array(batch * 256 * 256), [batch, 1, 256, 256]);
+      this.zeroMasks.set(batch, t);
+    }
+    return t;
+  }
+
+  /**
+   * One decoder call. Only the requested outputs are fetched: ORT then skips graph nodes that
+   * feed none of them (the in-graph upscaling, when only low-res masks are wanted).
+   */
+  async run(feeds: DecoderFeeds, outputs: readonly DecoderOutputName[]): Promise<DecoderResult> {
+    const { batch: b, numPoints: n } = feeds;
+    if (b !== 1 && !this.batched) throw new Error('internal: batch > 1 on a single-prompt decoder');
+    const hasMask = feeds.maskInput !== undefined;
+    const ortFeeds: Record<string, ort.Tensor> = {
+      image_embeddings: feeds.embeddings,
+      point_coords: new ort.Tensor('float32', feeds.pointCoords, [b, n, 2]),
+      point_labels: new ort.Tensor('float32', feeds.pointLabels, [b, n]),
+      mask_input: hasMask ? new ort.Tensor('float32', feeds.maskInput!, [b, 1, 256, 256]) : this.zeroMaskInput(b),
+      has_mask_input: new ort.Tensor('float32', new Float32Array(b).fill(hasMask ? 1 : 0), [b]),
+      orig_im_size: new ort.Tensor('float32', Float32Array.from(feeds.origSize), [2]),
+    };
+    const fetch = new Set<DecoderOutputName>(['iou_predictions', ...outputs]);
+    const out = await this.session.run(ortFeeds, [...fetch]);
+    const iou = out.iou_predictions;
+    return {
+      iouPredictions: iou.data as Float32Array,
+      numMasks: iou.dims[1],
+      masks: out.masks?.data as Float32Array | undefined,
+      lowResMasks: out.low_res_masks?.data as Float32Array | undefined,
+    };
+  }
+}
+
+/** A SAM model folder: encoder + decoder ONNX files, with or without manifest.json. */
+export class SamModel {
+  private encoderP?: Promise<EncoderSession>;
+  private decoderP?: Promise<DecoderSession>;
+  private idP?: Promise<string>;
+
+  private constructor(
+    readonly dir: string,
+    readonly encoderPath: string,
+    readonly decoderPath: string,
+    readonly manifest: ModelManifest | undefined,
+    private readonly options: SessionOptions,
+  ) {}
+
+  /** Resolve a model folder. Fails fast (before any inference) when files are missing. */
+  static async open(dir: string, options: SessionOptions = {}): Promise<SamModel> {
+    const abs = resolve(dir);
+    const info = await stat(abs).catch(() => undefined);
+    if (!info) throw modelError(`model folder ${dir} does not exist; pass --model with a folder holding encoder and decoder .onnx files`);
+    if (!info.isDirectory()) throw modelError(`--model ${dir} is a file; pass the folder that holds the encoder and decoder .onnx files`);
+    const manifestPath = join(abs, 'manifest.json');
+    const manifestText = await readFile(manifestPath, 'utf8').catch(() => undefined);
+    if (manifestText !== undefined) {
+      const manifest = parseManifest(manifestPath, manifestText);
+      const enc = join(abs, manifest.encoder);
+      const dec = join(abs, manifest.decoder);
+      for (const [role, file] of [['encoder', enc], ['decoder', dec]] as const) {
+        const st = await stat(file).catch(() => undefined);
+        if (!st?.isFile()) throw modelError(`${manifestPath}: ${role} file ${basename(file)} is missing; restore it or fix "${role}" in the manifest`);
+      }
+      return new SamModel(abs, enc, dec, manifest, options);
+    }
+    const { encoder, decoder } = await autodetect(abs, options);
+    return new SamModel(abs, encoder, decoder, undefined, options);
+  }
+
+  /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */
+  id(): Promise<string> {
+    this.idP ??= this.manifest ? Promise.resolve(this.manifest.id) : hashFile(this.encoderPath).then((h) => `sha256:${h.slice(0, 16)}`);
+    return this.idP;
+  }
+
+  encoder(): Promise<EncoderSession> {
+    this.encoderP ??= createSession(this.encoderPath, this.options).then((s) => {
+      checkContract('encoder', this.encoderPath, s, ENCODER_INPUTS, ENCODER_OUTPUTS);
+      return new EncoderSession(this.encoderPath, s);
+    });
+    return this.encoderP;
+  }
+
+  decoder(): Promise<DecoderSession> {
+    this.decoderP ??= createSession(this.decoderPath, this.options).then((s) => {
+      checkContract('decoder', this.decoderPath, s, DECODER_INPUTS, DECODER_OUTPUTS);
+      const b = shapeOf(s.inputMetadata, 'point_coords')?.[0];
+      const batched = this.manifest?.decoderBatched ?? (b !== undefined && b !== 1);
+      return new DecoderSession(this.decoderPath, s, batched);
+    });
+    return this.decoderP;
+  }
+}
+
+function parseManifest(path: string, text: string): ModelManifest {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw modelError(`${path}: not valid JSON (${(err as Error).message}); fix it or delete it to autodetect the .onnx files`);
+  }
+  const m = json as Partial<ModelManifest>;
+  if (typeof m !== 'object' || m === null || typeof m.encoder !== 'string' || typeof m.decoder !== 'string') {
+    throw modelError(`${path}: needs string fields "encoder" and "decoder" naming the .onnx files; fix it or delete it to autodetect`);
+  }
+  return { format: 'sam-onnx/1', id: typeof m.id === 'string' ? m.id : basename(path), ...m } as ModelManifest;
+}
+
+/** Without a manifest: pick encoder/decoder by file name, else by the ONNX input names. */
+async function autodetect(dir: string, options: SessionOptions): Promise<{ encoder: string; decoder: string }> {
+  const onnx = (await readdir(dir)).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
+  const fix = 'put the encoder and decoder .onnx files there, or write manifest.json (see README "Models")';
+  if (onnx.length < 2) throw modelError(`model folder ${dir} holds ${onnx.length} .onnx file(s), need an encoder and a decoder; ${fix}`);
+  const byName = (word: string): string[] => onnx.filter((f) => f.toLowerCase().includes(word));
+  const enc = byName('encoder');
+  const dec = byName('decoder');
+  if (enc.length === 1 && dec.length === 1 && enc[0] !== dec[0]) return { encoder: join(dir, enc[0]), decoder: join(dir, dec[0]) };
+  const encoders: string[] = [];
+  const decoders: string[] = [];
+  for (const f of onnx) {
+    const s = await createSession(join(dir, f), { ...options, threads: 1 });
+    if (s.inputNames.includes('point_coords')) decoders.push(f);
+    else if (s.inputNames.length === 1) encoders.push(f);
+    await s.release();
+  }
+  if (encoders.length !== 1 || decoders.length !== 1) {
+    throw modelError(
+      `model folder ${dir}: cannot tell encoder from decoder (encoders: ${encoders.join(', ') || 'none'}; decoders: ${decoders.join(', ') || 'none'}); write manifest.json naming them (see README "Models")`,
+    );
+  }
+  return { encoder: join(dir, encoders[0]), decoder: join(dir, decoders[0]) };
+}
+
+async function hashFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}

@@ -1,0 +1,134 @@
+import * as ort from 'onnxruntime-node';
+import { applyCoords } from '../amg/transforms.js';
+import type { BoxXyxy, Size } from '../amg/types.js';
+import { inputError } from '../errors.js';
+import type { EmbeddingRecord } from './embedding-file.js';
+import { preprocess, type RgbImage } from './image.js';
+import type { DecoderSession, SamModel } from './model.js';
+
+/** Point label values of the official decoder. */
+export const LABEL = { background: 0, foreground: 1, boxTopLeft: 2, boxBottomRight: 3, padding: -1 } as const;
+
+export interface PromptPoint {
+  x: number;
+  y: number;
+  /** 1 foreground, 0 background. */
+  label: 0 | 1;
+}
+
+export interface Prompt {
+  /** In original image pixels. */
+  points?: PromptPoint[];
+  /** XYXY in original image pixels. */
+  box?: BoxXyxy;
+  /** [256, 256] low-res logits of an earlier prediction (its `lowResMasks` entry). */
+  maskInput?: Float32Array;
+}
+
+export interface Prediction {
+  /** [K, h, w] logits at the original size; threshold 0.0 for the binary mask. */
+  masks: Float32Array;
+  /** [K] */
+  iouPredictions: Float32Array;
+  /** [K, 256, 256] logits, reusable as the next prompt's maskInput. */
+  lowResMasks: Float32Array;
+  /** Number of masks K: 3 for multimask output of the default export, else 1. */
+  count: number;
+  size: Size;
+}
+
+/** What the decoder needs of an image: its embedding and the two sizes that place prompts. */
+export interface ImageState {
+  /** [1, 256, 64, 64] */
+  embeddings: Float32Array;
+  originalSize: Size;
+  inputSize: Size;
+}
+
+/** Run the encoder on an image (or a crop of one): preprocess → image_embeddings. */
+export async function embedImage(model: SamModel, image: RgbImage): Promise<ImageState> {
+  const encoder = await model.encoder();
+  const { tensor, inputSize } = await preprocess(image);
+  const embeddings = await encoder.run(tensor);
+  return { embeddings, originalSize: [image.height, image.width], inputSize };
+}
+
+/** Check that an embedding file belongs to this model and image before using it. */
+export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRecord, file: string, imageSize: Size): Promise<ImageState> {
+  const id = await model.id();
+  if (rec.modelId !== id) {
+    throw inputError(`${file}: embedding was made by model '${rec.modelId}', not '${id}'; rerun 'sam embed' with this --model or drop --embedding`);
+  }
+  if (rec.originalSize[0] !== imageSize[0] || rec.originalSize[1] !== imageSize[1]) {
+    throw inputError(
+      `${file}: embedding is for a ${rec.originalSize[1]}x${rec.originalSize[0]} image, this image is ${imageSize[1]}x${imageSize[0]}; rerun 'sam embed' on this image or drop --embedding`,
+    );
+  }
+  return { embeddings: rec.embeddings, originalSize: rec.originalSize, inputSize: rec.inputSize };
+}
+
+/**
+ * Prompted prediction, as SamPredictor.predict with the ONNX decoder: points then box corners
+ * (labels 2, 3); without a box one padding point (0, 0) with label −1 is appended.
+ */
+export class SamPredictor {
+  private readonly embeddings: ort.Tensor;
+  constructor(
+    private readonly decoder: DecoderSession,
+    readonly state: ImageState,
+  ) {
+    this.embeddings = new ort.Tensor('float32', state.embeddings, [1, 256, 64, 64]);
+  }
+
+  async predict(prompt: Prompt, multimask: boolean): Promise<Prediction> {
+    const [h, w] = this.state.originalSize;
+    const points = prompt.points ?? [];
+    const inside = (x: number, y: number) => Number.isFinite(x) && Number.isFinite(y) && x >= 0 && y >= 0 && x <= w && y <= h;
+    for (const p of points) {
+      if (!inside(p.x, p.y)) throw inputError(`point ${p.x},${p.y} is outside the ${w}x${h} image; give x in 0..${w} and y in 0..${h}`);
+    }
+    if (prompt.box) {
+      const [x0, y0, x1, y1] = prompt.box;
+      if (!inside(x0, y0) || !inside(x1, y1)) throw inputError(`box ${prompt.box.join(',')} is outside the ${w}x${h} image; clip it to 0,0,${w},${h}`);
+      if (!(x1 > x0 && y1 > y0)) throw inputError(`box ${prompt.box.join(',')} is empty; give x0,y0,x1,y1 with x1 > x0 and y1 > y0`);
+    }
+    if (points.length === 0 && !prompt.box && !prompt.maskInput) throw inputError('no prompt; give --points, --box or --mask-input');
+
+    const n = points.length + (prompt.box ? 2 : 1);
+    const coords = new Float32Array(n * 2);
+    const labels = new Float32Array(n);
+    points.forEach((p, i) => {
+      coords[2 * i] = p.x;
+      coords[2 * i + 1] = p.y;
+      labels[i] = p.label;
+    });
+    const k = points.length;
+    if (prompt.box) {
+      coords.set(prompt.box, 2 * k);
+      labels[k] = LABEL.boxTopLeft;
+      labels[k + 1] = LABEL.boxBottomRight;
+    } else {
+      labels[k] = LABEL.padding;
+    }
+    // Padding point stays at (0, 0): transform only real points and box corners.
+    const real = prompt.box ? n : n - 1;
+    coords.set(applyCoords(coords.subarray(0, 2 * real), this.state.originalSize), 0);
+
+    const res = await this.decoder.run(
+      { embeddings: this.embeddings, pointCoords: coords, pointLabels: labels, batch: 1, numPoints: n, maskInput: prompt.maskInput, origSize: [h, w] },
+      ['masks', 'low_res_masks'],
+    );
+    // Default export: mask 0 is the single-mask output, 1..3 the multimask outputs.
+    const m = res.numMasks;
+    const [first, count] = m === 1 ? [0, 1] : multimask ? [1, m - 1] : [0, 1];
+    const plane = h * w;
+    const low = 256 * 256;
+    return {
+      masks: res.masks!.slice(first * plane, (first + count) * plane),
+      iouPredictions: res.iouPredictions.slice(first, first + count),
+      lowResMasks: res.lowResMasks!.slice(first * low, (first + count) * low),
+      count,
+      size: [h, w],
+    };
+  }
+}

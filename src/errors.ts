@@ -1,0 +1,33 @@
+/**
+ * Every failure a user can act on is a SamError: a one-line message naming the problem and the
+ * fix, and a kind that src/commands/exit.ts maps to the process exit code (the only place that
+ * does so).
+ */
+export type ErrorKind =
+  /** Bad command-line usage: malformed --points, unknown option values. */
+  | 'usage'
+  /** The model folder is missing, incomplete or does not fit the SAM ONNX contract. */
+  | 'model'
+  /** An input file (image, embedding, mask) is missing, unreadable or does not fit. */
+  | 'input'
+  /** Writing an output failed. */
+  | 'output';
+
+export class SamError extends Error {
+  readonly kind: ErrorKind;
+  constructor(kind: ErrorKind, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SamError';
+    this.kind = kind;
+  }
+}
+
+export const usageError = (message: string): SamError => new SamError('usage', message);
+export const modelError = (message: string, cause?: unknown): SamError => new SamError('model', message, { cause });
+export const inputError = (message: string, cause?: unknown): SamError => new SamError('input', message, { cause });
+
+/** First line of an unknown error's message, for one-line reports. */
+export function errorMessage(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split('\n')[0].trim();
+}
