@@ -12,7 +12,7 @@ import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateFixtures, type FixturePaths, type ModelManifest, type SceneFile } from '../fixtures/generate.js';
-import { GraphBuilder, parseModel, attr } from '../fixtures/onnx-builder.js';
+import { GraphBuilder, parseModel, attr } from '../src/convert/onnx-builder.js';
 import { IOU_BASE, PIXEL_MEAN, PIXEL_STD } from '../fixtures/oracle-model.js';
 import { listScenes, makeScene, maskIou, type Scene } from '../fixtures/synthetic.js';
 
