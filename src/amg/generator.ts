@@ -196,17 +196,20 @@ export class SamAutomaticMaskGenerator {
     const data = emptySet();
     const lowLen = 256 * 256;
     const o = this.options;
+    // torch compares a float32 tensor with a Python float in float32: round the thresholds too.
+    const iouThresh = Math.fround(o.predIouThresh);
+    const stabilityThresh = Math.fround(o.stabilityScoreThresh);
     const origBox: BoxXyxy = [0, 0, origSize[1], origSize[0]];
     for (let p = 0; p < nPoints; p++) {
       for (let k = 0; k < masksPerPoint; k++) {
         const m = p * masksPerPoint + k;
         const iou = iouPredictions[m];
-        if (o.predIouThresh > 0 && !(iou > o.predIouThresh)) continue;
+        if (o.predIouThresh > 0 && !(iou > iouThresh)) continue;
         const t0 = performance.now();
         ctx.upscale(lowResLogits.subarray(m * lowLen, (m + 1) * lowLen), ctx.logits);
         const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask);
         const keep =
-          (o.stabilityScoreThresh <= 0 || stats.stabilityScore >= o.stabilityScoreThresh) &&
+          (o.stabilityScoreThresh <= 0 || stats.stabilityScore >= stabilityThresh) &&
           !isBoxNearCropEdge(stats.box, cropBox, origBox);
         timings.add('postprocess', performance.now() - t0);
         if (!keep) continue;

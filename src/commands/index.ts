@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { registerAuto } from './auto.js';
 import { registerEmbed } from './embed.js';
 import { EXIT, reportError } from './exit.js';
 import { registerSegment } from './segment.js';
@@ -17,6 +18,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .exitOverride();
   registerEmbed(program, setExit);
   registerSegment(program, setExit);
+  registerAuto(program, setExit);
   return program;
 }
 

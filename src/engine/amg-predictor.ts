@@ -50,7 +50,6 @@ export class OnnxAmgPredictor implements AmgPredictor {
     const embeddings = this.embeddings;
     const b = points.length / 2;
     const coords1024 = applyCoords(points, this.cropSize);
-    const [h, w] = this.cropSize;
     // Each prompt: the point (label 1) and the padding point (0, 0) with label −1.
     const prompt = (i: number, coords: Float32Array, labels: Float32Array, row: number) => {
       coords[row * 4] = coords1024[2 * i];
@@ -59,8 +58,10 @@ export class OnnxAmgPredictor implements AmgPredictor {
       labels[row * 2 + 1] = LABEL.padding;
     };
     const t0 = performance.now();
+    // orig_im_size only shapes the `masks` output, which is not fetched here; ORT still computes
+    // it ([B, M, h, w] floats per call), so ask for a 1x1 one: low_res_masks are the same.
     const run = (coords: Float32Array, labels: Float32Array, batch: number) =>
-      this.decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch, numPoints: 2, origSize: [h, w] }, ['low_res_masks']);
+      this.decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch, numPoints: 2, origSize: [1, 1] }, ['low_res_masks']);
     // Copy prompt rows of a [batch, m, ...] result into [b, k, ...], dropping mask 0 (the
     // single-mask output) when the decoder has multimask outputs.
     let outLow = new Float32Array(0);

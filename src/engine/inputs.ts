@@ -39,21 +39,103 @@ async function sniffFile(path: string): Promise<string | undefined> {
 
 const keyOf = (rel: string): string => rel.slice(0, rel.length - extname(rel).length).split(sep).join('/');
 
-/** Every image file under `dir`, recursively, skipping hidden entries; sorted by path. */
-async function walk(dir: string, root: string, out: InputImage[]): Promise<void> {
+/**
+ * Names that claim to be an image. A file so named is kept even when its bytes do not sniff as
+ * one (empty, truncated), so that it is reported as a failure instead of silently dropped.
+ */
+const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.jpe', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif', '.heic', '.heif']);
+
+async function isImageFile(path: string): Promise<boolean> {
+  if (IMAGE_EXTENSIONS.has(extname(path).toLowerCase())) return true;
+  return (await sniffFile(path).catch(() => undefined)) !== undefined;
+}
+
+const byName = (a: { name: string }, b: { name: string }): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/**
+ * Every image file under `dir`, recursively, skipping hidden entries; sorted by path. With
+ * `match`, only files whose '/'-separated path relative to `root` it accepts.
+ */
+async function walk(dir: string, root: string, out: InputImage[], match?: (rel: string) => boolean): Promise<void> {
   const entries = await readdir(dir, { withFileTypes: true });
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  entries.sort(byName);
   for (const e of entries) {
     if (e.name.startsWith('.')) continue;
     const p = join(dir, e.name);
-    if (e.isDirectory()) await walk(p, root, out);
-    else if (e.isFile() && (await sniffFile(p).catch(() => undefined))) out.push({ path: p, key: keyOf(relative(root, p)) });
+    if (e.isDirectory()) await walk(p, root, out, match);
+    else if (e.isFile()) {
+      const rel = relative(root, p);
+      if (match && !match(rel.split(sep).join('/'))) continue;
+      if (await isImageFile(p)) out.push({ path: p, key: keyOf(rel) });
+    }
   }
+}
+
+const GLOB_CHARS = /[*?[]/;
+
+/** True when an argument is a glob pattern (the shell left it quoted) rather than a path. */
+export function isGlob(arg: string): boolean {
+  return GLOB_CHARS.test(arg);
+}
+
+/**
+ * A glob (`*`, `?`, `[...]` within a path segment, `**` for any number of folders) as a regular
+ * expression over '/'-separated relative paths. Node 20 has no fs glob, hence this small matcher.
+ */
+export function globToRegExp(pattern: string): RegExp {
+  let re = '';
+  const segs = pattern.split('/');
+  segs.forEach((seg, si) => {
+    const last = si === segs.length - 1;
+    if (seg === '**') {
+      // Zero or more whole folders (or, as the last segment, any path below).
+      re += last ? '.*' : '(?:[^/]+/)*';
+      return;
+    }
+    for (let i = 0; i < seg.length; i++) {
+      const c = seg[i];
+      if (c === '*') re += '[^/]*';
+      else if (c === '?') re += '[^/]';
+      else if (c === '[') {
+        const end = seg.indexOf(']', i + 2);
+        if (end < 0) {
+          re += '\\[';
+          continue;
+        }
+        let body = seg.slice(i + 1, end);
+        const negate = body[0] === '!' || body[0] === '^';
+        if (negate) body = body.slice(1);
+        re += `[${negate ? '^' : ''}${body.replace(/\\/g, '\\\\').replace(/\]/g, '\\]')}]`;
+        i = end;
+      } else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
+    }
+    if (!last) re += '/';
+  });
+  return new RegExp(`^${re}$`);
+}
+
+/** Images matching a glob, keyed relative to its static base folder (the segments before the first wildcard). */
+async function expandGlob(pattern: string): Promise<InputImage[]> {
+  const norm = pattern.split(sep).join('/');
+  const segs = norm.split('/');
+  const firstWild = segs.findIndex((s) => isGlob(s));
+  const baseSegs = segs.slice(0, firstWild);
+  const base = resolve(baseSegs.length === 0 ? '.' : baseSegs.join('/') || '/');
+  const rest = segs.slice(firstWild).join('/');
+  const st = await stat(base).catch(() => undefined);
+  if (!st?.isDirectory()) throw inputError(`${pattern}: the folder ${base} of this pattern does not exist; check the path`);
+  const re = globToRegExp(rest);
+  const found: InputImage[] = [];
+  await walk(base, base, found, (rel) => re.test(rel));
+  if (found.length === 0) throw inputError(`${pattern}: matches no image; check the pattern (quote it so the shell leaves it to sam)`);
+  return found;
 }
 
 /**
  * Expand the command-line inputs: files are taken as given (a bad one fails later, per file, so a
- * batch carries on); folders are walked recursively and keep only files whose bytes say image.
+ * batch carries on); folders are walked recursively and keep files whose bytes say image or whose
+ * name says image (so a broken one is reported); glob patterns (an argument that is not an
+ * existing path and contains * ? or [) are matched over a walk of their static base folder.
  * Order is deterministic: arguments in order, each folder sorted by path. Two inputs with the same
  * output key are refused, since one output would overwrite the other.
  */
@@ -62,6 +144,10 @@ export async function collectInputs(args: readonly string[]): Promise<InputImage
   for (const arg of args) {
     const abs = resolve(arg);
     const st = await stat(abs).catch(() => undefined);
+    if (!st && isGlob(arg)) {
+      out.push(...(await expandGlob(arg)));
+      continue;
+    }
     if (!st) throw inputError(`${arg}: no such file or folder; check the path`);
     if (st.isDirectory()) {
       const found: InputImage[] = [];

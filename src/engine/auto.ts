@@ -1,0 +1,165 @@
+/**
+ * `sam auto` for one image at a time: load → (stored or fresh) embedding → generator → outputs,
+ * and the run-level pieces around it (stale temp cleanup, the COCO dataset from outputs on disk).
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, basename, extname, join } from 'node:path';
+import sharp from 'sharp';
+import { SamAutomaticMaskGenerator, resolveAmgOptions, type AmgOptions } from '../amg/generator.js';
+import { StageTimes } from '../amg/timings.js';
+import type { Size } from '../amg/types.js';
+import { inputError } from '../errors.js';
+import { OnnxAmgPredictor } from './amg-predictor.js';
+import {
+  isOutputComplete,
+  outputPathFor,
+  readCocoRecords,
+  writeAutoOverlay,
+  writePngFolder,
+  writeRecordsJson,
+  type OutputMode,
+} from './amg-output.js';
+import { writeCocoDataset, type CocoImageEntry } from './coco.js';
+import { readEmbeddingFile } from './embedding-file.js';
+import { loadImage } from './image.js';
+import type { InputImage } from './inputs.js';
+import type { SamModel } from './model.js';
+import { imageStateFromEmbedding, type ImageState } from './predictor.js';
+import { removeStaleTemps } from './tempfiles.js';
+
+export interface AutoSetup {
+  model: SamModel;
+  amg: AmgOptions;
+  outDir: string;
+  outputMode: OutputMode;
+  /** Folder for `<key>.png` overlays. */
+  overlayDir?: string;
+  /** Folder of `sam embed` files `<key>.safetensors`, used for crop 0 when present. */
+  embeddingsDir?: string;
+  /** A COCO dataset will be built: png mode keeps each image's coco_rle records as rle.json. */
+  coco: boolean;
+  /** Redo images whose outputs are complete. */
+  force: boolean;
+}
+
+export interface AutoImageResult {
+  status: 'done' | 'skipped';
+  /** Masks written (0 when skipped). */
+  masks: number;
+}
+
+/** Validate the options once (the generator would otherwise fail on every image). */
+export function autoSetup(setup: Omit<AutoSetup, 'amg'> & { amg: Partial<AmgOptions> }): AutoSetup {
+  return { ...setup, amg: resolveAmgOptions(setup.amg) };
+}
+
+const overlayPath = (setup: AutoSetup, key: string): string => join(setup.overlayDir!, `${key}.png`);
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Whether an earlier run left every output this run asks for. */
+export async function isImageComplete(setup: AutoSetup, item: InputImage): Promise<boolean> {
+  if (!(await isOutputComplete(setup.outDir, item.key, setup.outputMode, setup.coco))) return false;
+  return !setup.overlayDir || exists(overlayPath(setup, item.key));
+}
+
+/** The stored embedding for crop 0, or undefined when there is none (then it is computed). */
+async function storedEmbedding(setup: AutoSetup, item: InputImage, size: Size): Promise<ImageState | undefined> {
+  if (!setup.embeddingsDir) return undefined;
+  const file = join(setup.embeddingsDir, `${item.key}.safetensors`);
+  if (!(await exists(file))) return undefined;
+  return imageStateFromEmbedding(setup.model, await readEmbeddingFile(file), file, size);
+}
+
+/** Run automatic mask generation on one image and write its outputs (skipped when complete). */
+export async function autoImage(setup: AutoSetup, item: InputImage, timings: StageTimes = new StageTimes()): Promise<AutoImageResult> {
+  if (!setup.force && (await isImageComplete(setup, item))) return { status: 'skipped', masks: 0 };
+  const image = await timings.time('decode', () => loadImage(item.path));
+  const size: Size = [image.height, image.width];
+  const state = await storedEmbedding(setup, item, size);
+  const needEncoder = !state || setup.amg.cropNLayers > 0;
+  const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.decoder()]);
+  const predictor = new OnnxAmgPredictor(encoder, decoder, image, timings, state);
+  const records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings);
+  await timings.time('write', async () => {
+    // The main output last: an overlay without it is redone, never the other way round.
+    if (setup.overlayDir) await writeAutoOverlay(overlayPath(setup, item.key), image, records);
+    const out = outputPathFor(setup.outDir, item.key, setup.outputMode);
+    if (setup.outputMode === 'png') await writePngFolder(out, records, setup.coco);
+    else await writeRecordsJson(out, records, setup.outputMode);
+  });
+  return { status: 'done', masks: records.length };
+}
+
+/**
+ * Remove temps left by killed runs in every folder this run writes to. The COCO file's folder
+ * is not walked (it may be anything, e.g. the current folder): only its own temps are removed.
+ */
+export async function cleanStaleOutputs(setup: AutoSetup, cocoFile?: string): Promise<number> {
+  let n = await removeStaleTemps(setup.outDir);
+  if (setup.overlayDir) n += await removeStaleTemps(setup.overlayDir);
+  if (cocoFile) n += await removeStaleTemps(dirname(cocoFile), { recursive: false, prefix: `.${basename(cocoFile)}.` });
+  return n;
+}
+
+/** Upright [h, w] from the image header (EXIF orientation applied), without decoding pixels. */
+async function headerSize(path: string): Promise<Size> {
+  try {
+    const m = await sharp(path).metadata();
+    return [m.autoOrient.height, m.autoOrient.width];
+  } catch (err) {
+    throw inputError(`${path}: cannot read the image header for the COCO file (${(err as Error).message}); check the file`, err);
+  }
+}
+
+/**
+ * Build the COCO dataset from the per-image outputs on disk, in input order, so a resumed run
+ * gives a complete file. Images without a complete output (failed ones) are left out.
+ */
+export async function writeAutoCoco(
+  setup: AutoSetup,
+  items: readonly InputImage[],
+  cocoFile: string,
+  info: Readonly<Record<string, string | number>>,
+): Promise<{ images: number; annotations: number }> {
+  async function* entries(): AsyncGenerator<CocoImageEntry> {
+    for (const item of items) {
+      if (!(await isOutputComplete(setup.outDir, item.key, setup.outputMode, true))) continue;
+      const records = await readCocoRecords(setup.outDir, item.key, setup.outputMode);
+      const [height, width] = records.length > 0 ? records[0].segmentation.size : await headerSize(item.path);
+      yield { fileName: item.key + extname(item.path), width, height, records };
+    }
+  }
+  return writeCocoDataset(cocoFile, entries(), info);
+}
+
+/**
+ * `--point-grids FILE`: JSON array of grids, one per crop layer, each an array of [x, y] in [0, 1]
+ * (SAM's point_grids argument), as the generator's flat Float64Array [n, 2] per layer.
+ */
+export async function readPointGrids(file: string): Promise<Float64Array[]> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw inputError(`--point-grids ${file}: cannot read it as JSON (${(err as Error).message.split('\n')[0]}); give a JSON array of grids`, err);
+  }
+  const fix = 'expected a JSON array of grids (one per crop layer), each an array of [x, y] pairs in 0..1';
+  if (!Array.isArray(parsed) || parsed.length === 0) throw inputError(`--point-grids ${file}: ${fix}`);
+  return parsed.map((grid: unknown, layer) => {
+    if (!Array.isArray(grid) || grid.length === 0) throw inputError(`--point-grids ${file}: grid ${layer} is not a non-empty array; ${fix}`);
+    const out = new Float64Array(grid.length * 2);
+    grid.forEach((p: unknown, i) => {
+      const ok = Array.isArray(p) && p.length === 2 && p.every((v) => typeof v === 'number' && v >= 0 && v <= 1);
+      if (!ok) throw inputError(`--point-grids ${file}: grid ${layer} point ${i} is ${JSON.stringify(p)}; ${fix}`);
+      out[2 * i] = (p as number[])[0];
+      out[2 * i + 1] = (p as number[])[1];
+    });
+    return out;
+  });
+}
