@@ -33,6 +33,8 @@ describe('sam segment on the oracle model (end to end through the CLI)', () => {
         const r = await runSam(['segment', scene.path, '--model', fixtureModel(), '--points', `${shape.point[0]},${shape.point[1]}`, '--out', png]);
         expect(r.stderr).toBe('');
         expect(r.code).toBe(0);
+        // A single-channel 0/255 PNG, as cv2.imwrite writes SAM's masks.
+        expect((await sharp(png).metadata()).channels).toBe(1);
         const mask = await readBinaryPng(png);
         // Output is in upright (EXIF-applied) pixels, the size of the image a person sees.
         expect([mask.width, mask.height]).toEqual([scene.width, scene.height]);

@@ -70,7 +70,8 @@ export function finishBatch(summary: BatchSummary, extra = ''): number {
   const lines = [`sam: ${done} done, ${skipped} skipped, ${failed.length} failed${extra} in ${seconds.toFixed(1)} s`];
   if (failed.length > 0) {
     lines.push('failed:');
-    for (const f of failed) lines.push(`  ${f.item.path}: ${f.message}`);
+    // Most messages already start with the file they are about.
+    for (const f of failed) lines.push(`  ${f.message.startsWith(f.item.path) ? f.message : `${f.item.path}: ${f.message}`}`);
   }
   process.stderr.write(`${lines.join('\n')}\n`);
   return failed.length > 0 ? EXIT.someFailed : EXIT.ok;

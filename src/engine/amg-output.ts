@@ -10,10 +10,10 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { decodeRle, rleToString } from '../amg/rle.js';
-import type { BinaryMask, CocoRle, MaskRecord, UncompressedRle } from '../amg/types.js';
+import type { CocoRle, MaskRecord, UncompressedRle } from '../amg/types.js';
 import { produceFileAtomic, writeFileAtomic } from './fsutil.js';
 import type { RgbImage } from './image.js';
-import { overlayColour } from './masks-out.js';
+import { maskToPng, overlayColour, paintMask } from './masks-out.js';
 import { produceDirAtomic } from './tempfiles.js';
 
 export type OutputMode = 'coco_rle' | 'uncompressed_rle' | 'png';
@@ -82,12 +82,6 @@ export function toCocoRecords(records: readonly MaskRecord<UncompressedRle>[]): 
   return records.map((r) => ({ ...r, segmentation: { size: r.segmentation.size, counts: rleToString(r.segmentation.counts) } }));
 }
 
-const maskPixels = (mask: BinaryMask): Uint8Array => {
-  const px = new Uint8Array(mask.data.length);
-  for (let i = 0; i < px.length; i++) px[i] = mask.data[i] ? 255 : 0;
-  return px;
-};
-
 /** PNGs encoded concurrently by sharp's thread pool, few at a time so memory stays small. */
 const PNG_CONCURRENCY = 4;
 
@@ -99,11 +93,7 @@ export async function writePngFolder(dir: string, records: readonly MaskRecord<U
       await Promise.all(
         batch.map((r, j) => {
           const mask = decodeRle(r.segmentation);
-          // b-w: without it sharp writes 1-channel input as RGB; cv2.imwrite writes grayscale.
-          return sharp(maskPixels(mask), { raw: { width: mask.w, height: mask.h, channels: 1 } })
-            .toColourspace('b-w')
-            .png({ compressionLevel: 3, adaptiveFiltering: false })
-            .toFile(join(tmp, `${start + j}.png`));
+          return maskToPng(mask, { compressionLevel: 3, adaptiveFiltering: false }).toFile(join(tmp, `${start + j}.png`));
         }),
       );
     }
@@ -128,22 +118,9 @@ export async function writeAutoOverlay(path: string, image: RgbImage, records: r
   const order = records.map((_, i) => i).sort((a, b) => records[b].area - records[a].area || a - b);
   order.forEach((idx, n) => {
     const r = records[idx];
-    const d = decodeRle(r.segmentation).data;
-    const [r0, g0, b0] = overlayColour(n);
     // bbox is SAM's XYWH of an inclusive-max box: x0 + bw is the last column.
     const [bx, by, bw, bh] = r.bbox;
-    for (let y = by; y <= Math.min(h - 1, by + bh); y++) {
-      for (let x = bx; x <= Math.min(w - 1, bx + bw); x++) {
-        const j = y * w + x;
-        if (!d[j]) continue;
-        const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !d[j - 1] || !d[j + 1] || !d[j - w] || !d[j + w];
-        const a = edge ? 1 : 0.5;
-        const o = j * 3;
-        px[o] = Math.round(px[o] * (1 - a) + r0 * a);
-        px[o + 1] = Math.round(px[o + 1] * (1 - a) + g0 * a);
-        px[o + 2] = Math.round(px[o + 2] * (1 - a) + b0 * a);
-      }
-    }
+    paintMask(px, w, h, decodeRle(r.segmentation).data, overlayColour(n), [bx, by, bx + bw, by + bh]);
   });
   await produceFileAtomic(path, (tmp) => sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toFile(tmp));
 }

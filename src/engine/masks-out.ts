@@ -1,4 +1,4 @@
-import sharp from 'sharp';
+import sharp, { type PngOptions, type Sharp } from 'sharp';
 import { boxXyxyToXywh, maskLogitStats } from '../amg/masks.js';
 import { encodeMask } from '../amg/rle.js';
 import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle } from '../amg/types.js';
@@ -35,15 +35,21 @@ export function describeMasks(logits: Float32Array, iou: Float32Array, h: number
   return { masks, records };
 }
 
-/** A binary mask as an 8-bit grayscale PNG (0 / 255), written atomically. */
-export async function writeMaskPng(path: string, mask: BinaryMask): Promise<void> {
+/**
+ * A binary mask as an 8-bit single-channel PNG (0 / 255), as cv2.imwrite writes SAM's masks.
+ * 'b-w' matters: without it sharp writes 1-channel raw input as RGB.
+ */
+export function maskToPng(mask: BinaryMask, png: PngOptions = { compressionLevel: 6 }): Sharp {
   const px = new Uint8Array(mask.data.length);
   for (let i = 0; i < px.length; i++) px[i] = mask.data[i] ? 255 : 0;
-  await produceFileAtomic(path, (tmp) =>
-    sharp(px, { raw: { width: mask.w, height: mask.h, channels: 1 } })
-      .png({ compressionLevel: 6 })
-      .toFile(tmp),
-  );
+  return sharp(px, { raw: { width: mask.w, height: mask.h, channels: 1 } })
+    .toColourspace('b-w')
+    .png(png);
+}
+
+/** writeMaskPng: maskToPng, written atomically. */
+export async function writeMaskPng(path: string, mask: BinaryMask): Promise<void> {
+  await produceFileAtomic(path, (tmp) => maskToPng(mask).toFile(tmp));
 }
 
 /** Distinct, saturated colours for overlays (golden-angle hues). */
@@ -54,6 +60,33 @@ export function overlayColour(i: number): [number, number, number] {
     return Math.round(255 * (0.55 - 0.45 * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
   };
   return [f(0), f(8), f(4)];
+}
+
+/**
+ * Blend `mask` (row-major h×w, 0/1) into RGB pixels `px` in `colour`: half-transparent inside,
+ * opaque on its outline. `box` (XYXY, inclusive) bounds the scan when known.
+ */
+export function paintMask(
+  px: Uint8Array,
+  w: number,
+  h: number,
+  mask: Uint8Array,
+  colour: readonly [number, number, number],
+  box: BoxXyxy = [0, 0, w - 1, h - 1],
+): void {
+  const [r, g, b] = colour;
+  for (let y = Math.max(0, box[1]); y <= Math.min(h - 1, box[3]); y++) {
+    for (let x = Math.max(0, box[0]); x <= Math.min(w - 1, box[2]); x++) {
+      const j = y * w + x;
+      if (!mask[j]) continue;
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !mask[j - 1] || !mask[j + 1] || !mask[j - w] || !mask[j + w];
+      const a = edge ? 1 : 0.5;
+      const o = j * 3;
+      px[o] = Math.round(px[o] * (1 - a) + r * a);
+      px[o + 1] = Math.round(px[o + 1] * (1 - a) + g * a);
+      px[o + 2] = Math.round(px[o + 2] * (1 - a) + b * a);
+    }
+  }
 }
 
 export interface OverlayPrompt {
@@ -68,23 +101,7 @@ export interface OverlayPrompt {
 export async function writeOverlayPng(path: string, image: RgbImage, masks: readonly BinaryMask[], prompt: OverlayPrompt = {}): Promise<void> {
   const { width: w, height: h } = image;
   const px = Uint8Array.from(image.data);
-  const alpha = 0.5;
-  masks.forEach((mask, i) => {
-    const [r, g, b] = overlayColour(i);
-    const d = mask.data;
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        const j = y * w + x;
-        if (!d[j]) continue;
-        const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !d[j - 1] || !d[j + 1] || !d[j - w] || !d[j + w];
-        const a = edge ? 1 : alpha;
-        const o = j * 3;
-        px[o] = Math.round(px[o] * (1 - a) + r * a);
-        px[o + 1] = Math.round(px[o + 1] * (1 - a) + g * a);
-        px[o + 2] = Math.round(px[o + 2] * (1 - a) + b * a);
-      }
-    }
-  });
+  masks.forEach((mask, i) => paintMask(px, w, h, mask.data, overlayColour(i)));
   const radius = Math.max(3, Math.round(Math.max(w, h) / 150));
   const shapes: string[] = [];
   if (prompt.box) {

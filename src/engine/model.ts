@@ -5,6 +5,7 @@ import { availableParallelism } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { modelError } from '../errors.js';
+import { resolveModelArg } from './model-store.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
 export interface ModelManifest {
@@ -16,6 +17,11 @@ export interface ModelManifest {
   decoder: string;
   /** True when the decoder takes a dynamic prompt batch: point_coords [B, N, 2]. */
   decoderBatched?: boolean;
+  /**
+   * A second decoder with a dynamic prompt batch (written by `sam models convert`), preferred for
+   * automatic mask generation. It may lack the in-graph upscaling (no orig_im_size / masks).
+   */
+  batchedDecoder?: string;
   description?: string;
 }
 
@@ -42,6 +48,10 @@ const DECODER_OUTPUTS: Record<string, Dims> = {
   iou_predictions: ['B', 'M'],
   low_res_masks: ['B', 'M', 256, 256],
 };
+
+/** The batched decoder may end at low_res_masks: orig_im_size and masks are optional. */
+const BATCHED_DECODER_INPUTS: Record<string, Dims> = Object.fromEntries(Object.entries(DECODER_INPUTS).filter(([n]) => n !== 'orig_im_size'));
+const BATCHED_DECODER_OUTPUTS: Record<string, Dims> = Object.fromEntries(Object.entries(DECODER_OUTPUTS).filter(([n]) => n !== 'masks'));
 
 function shapeOf(meta: readonly ort.InferenceSession.ValueMetadata[], name: string): Dims | undefined {
   const m = meta.find((v) => v.name === name);
@@ -172,8 +182,8 @@ export class DecoderSession {
   }
 
   /**
-   * One decoder call. Only the requested outputs are fetched: ORT then skips graph nodes that
-   * feed none of them (the in-graph upscaling, when only low-res masks are wanted).
+   * One decoder call. ORT computes every output of the graph whatever is fetched, so a caller that
+   * only needs low-res masks passes a tiny origSize to make the in-graph upscaling cheap.
    */
   async run(feeds: DecoderFeeds, outputs: readonly DecoderOutputName[]): Promise<DecoderResult> {
     const { batch: b, numPoints: n } = feeds;
@@ -185,8 +195,9 @@ export class DecoderSession {
       point_labels: new ort.Tensor('float32', feeds.pointLabels, [b, n]),
       mask_input: hasMask ? new ort.Tensor('float32', feeds.maskInput!, [b, 1, 256, 256]) : this.zeroMaskInput(b),
       has_mask_input: new ort.Tensor('float32', new Float32Array(b).fill(hasMask ? 1 : 0), [b]),
-      orig_im_size: new ort.Tensor('float32', Float32Array.from(feeds.origSize), [2]),
     };
+    // A decoder without in-graph upscaling has no orig_im_size input, and ORT refuses unknown feeds.
+    if (this.session.inputNames.includes('orig_im_size')) ortFeeds.orig_im_size = new ort.Tensor('float32', Float32Array.from(feeds.origSize), [2]);
     const fetch = new Set<DecoderOutputName>(['iou_predictions', ...outputs]);
     const out = await this.session.run(ortFeeds, [...fetch]);
     const iou = out.iou_predictions;
@@ -203,6 +214,7 @@ export class DecoderSession {
 export class SamModel {
   private encoderP?: Promise<EncoderSession>;
   private decoderP?: Promise<DecoderSession>;
+  private batchedDecoderP?: Promise<DecoderSession | undefined>;
   private idP?: Promise<string>;
 
   private constructor(
@@ -213,8 +225,12 @@ export class SamModel {
     private readonly options: SessionOptions,
   ) {}
 
-  /** Resolve a model folder. Fails fast (before any inference) when files are missing. */
-  static async open(dir: string, options: SessionOptions = {}): Promise<SamModel> {
+  /**
+   * Resolve a model folder, or the name of a model pulled with `sam models pull`. Fails fast
+   * (before any inference) when files are missing.
+   */
+  static async open(arg: string, options: SessionOptions = {}): Promise<SamModel> {
+    const dir = await resolveModelArg(arg);
     const abs = resolve(dir);
     const info = await stat(abs).catch(() => undefined);
     if (!info) throw modelError(`model folder ${dir} does not exist; pass --model with a folder holding encoder and decoder .onnx files`);
@@ -225,7 +241,9 @@ export class SamModel {
       const manifest = parseManifest(manifestPath, manifestText);
       const enc = join(abs, manifest.encoder);
       const dec = join(abs, manifest.decoder);
-      for (const [role, file] of [['encoder', enc], ['decoder', dec]] as const) {
+      const roles: [string, string][] = [['encoder', enc], ['decoder', dec]];
+      if (typeof manifest.batchedDecoder === 'string') roles.push(['batchedDecoder', join(abs, manifest.batchedDecoder)]);
+      for (const [role, file] of roles) {
         const st = await stat(file).catch(() => undefined);
         if (!st?.isFile()) throw modelError(`${manifestPath}: ${role} file ${basename(file)} is missing; restore it or fix "${role}" in the manifest`);
       }
@@ -257,6 +275,24 @@ export class SamModel {
       return new DecoderSession(this.decoderPath, s, batched);
     });
     return this.decoderP;
+  }
+
+  /**
+   * The manifest's `batchedDecoder` (dynamic prompt batch), or undefined when it names none.
+   * Automatic mask generation prefers it to decoder(): one call per batch of points.
+   */
+  batchedDecoder(): Promise<DecoderSession | undefined> {
+    this.batchedDecoderP ??= (async () => {
+      const name = this.manifest?.batchedDecoder;
+      if (typeof name !== 'string') return undefined;
+      const file = join(this.dir, name);
+      const s = await createSession(file, this.options);
+      checkContract('batched decoder', file, s, BATCHED_DECODER_INPUTS, BATCHED_DECODER_OUTPUTS);
+      const b = shapeOf(s.inputMetadata, 'point_coords')?.[0];
+      if (b === 1) throw modelError(`${file}: "batchedDecoder" must take a dynamic prompt batch but point_coords has batch 1; fix manifest.json or convert the model again`);
+      return new DecoderSession(file, s, true);
+    })();
+    return this.batchedDecoderP;
   }
 }
 
