@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { registerAuto } from './auto.js';
 import { registerEmbed } from './embed.js';
+import { registerModels } from './models.js';
 import { EXIT, reportError } from './exit.js';
 import { registerSegment } from './segment.js';
 
@@ -19,6 +20,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   registerEmbed(program, setExit);
   registerSegment(program, setExit);
   registerAuto(program, setExit);
+  registerModels(program);
   return program;
 }
 

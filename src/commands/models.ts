@@ -1,0 +1,413 @@
+import { readFile, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import cliProgress from 'cli-progress';
+import { Option, type Command } from 'commander';
+import * as ort from 'onnxruntime-node';
+import type { ConvertProgress } from '../convert/convert.js';
+import { SAM_MODEL_TYPES, type SamModelType } from '../convert/configs.js';
+import { SamError, errorMessage, modelError } from '../errors.js';
+import {
+  cacheDir,
+  downloadCheckpoint,
+  downloadPath,
+  findRegistryEntry,
+  isConverted,
+  loadRegistry,
+  partialBytes,
+  pulledModelDir,
+  resolveModelArg,
+  sha256File,
+  type DownloadEvents,
+  type DownloadResult,
+  type RegistryEntry,
+} from '../engine/model-store.js';
+import { SamModel } from '../engine/model.js';
+
+const MB = 1e6;
+const fmtBytes = (n: number | null | undefined): string => {
+  if (n === null || n === undefined) return '?';
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
+  if (n >= MB) return `${(n / MB).toFixed(1)} MB`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
+  return `${n} B`;
+};
+
+function isModelType(t: string): t is SamModelType {
+  return (SAM_MODEL_TYPES as readonly string[]).includes(t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress output: a byte bar on a TTY, a line per 10% otherwise, nothing with --quiet.
+
+class DownloadProgress implements DownloadEvents {
+  private bar?: cliProgress.SingleBar;
+  private lastStep = -1;
+  private started = 0;
+  private from = 0;
+
+  constructor(
+    private readonly name: string,
+    private readonly quiet: boolean,
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+  ) {}
+
+  start(info: { url: string; total: number | undefined; from: number; resumed: boolean }): void {
+    this.started = Date.now();
+    this.from = info.from;
+    if (this.quiet) return;
+    const what = info.resumed ? `resuming ${this.name} at ${fmtBytes(info.from)} of ${fmtBytes(info.total)}` : `downloading ${this.name} (${fmtBytes(info.total)})`;
+    this.stream.write(`sam: ${what} from ${info.url}\n`);
+    if (this.stream.isTTY && info.total !== undefined) {
+      this.bar = new cliProgress.SingleBar(
+        { stream: this.stream, format: '{bar} {percentage}% | {done} of {size} | {speed} | ETA {eta_formatted}', hideCursor: true, etaBuffer: 50 },
+        cliProgress.Presets.shades_classic,
+      );
+      this.bar.start(info.total, info.from, { done: fmtBytes(info.from), size: fmtBytes(info.total), speed: '' });
+    }
+  }
+
+  progress(received: number, total: number | undefined): void {
+    if (this.quiet) return;
+    const secs = (Date.now() - this.started) / 1000;
+    const speed = secs > 0 ? `${fmtBytes((received - this.from) / secs)}/s` : '';
+    if (this.bar) {
+      this.bar.update(received, { done: fmtBytes(received), speed });
+      return;
+    }
+    // Without a total: a line per 100 MB.
+    const step = total ? Math.floor((received / total) * 10) : Math.floor(received / (100 * MB));
+    if (step > this.lastStep) {
+      if (this.lastStep >= 0 || received === total) {
+        const pct = total ? `${Math.floor((received / total) * 100)}% ` : '';
+        this.stream.write(`sam: ${this.name}: ${pct}${fmtBytes(received)} of ${fmtBytes(total)} ${speed}\n`);
+      }
+      this.lastStep = step;
+    }
+  }
+
+  note(line: string): void {
+    if (this.bar) this.stream.write('\r\x1b[K');
+    this.stream.write(`sam: ${line}\n`);
+  }
+
+  stop(): void {
+    this.bar?.stop();
+    this.bar = undefined;
+  }
+}
+
+function convertLogger(quiet: boolean): (e: ConvertProgress) => void {
+  return (e) => {
+    if (quiet || e.state !== 'done') return;
+    process.stderr.write(`sam: convert: ${e.phase} ${(e.seconds ?? 0).toFixed(2)} s\n`);
+  };
+}
+
+/** The converter (and its graph builders) only loads for the commands that need it. */
+const loadConverter = () => import('../convert/convert.js');
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+type ModelState = 'converted' | 'downloaded' | 'partial' | 'not pulled';
+
+interface ListedModel extends RegistryEntry {
+  state: ModelState;
+  modelDir?: string;
+  checkpoint?: string;
+  partialBytes?: number;
+}
+
+async function listModels(): Promise<{ cache: string; registry: string; models: ListedModel[] }> {
+  const reg = await loadRegistry();
+  const models: ListedModel[] = [];
+  for (const e of reg.models) {
+    const dir = pulledModelDir(e.name);
+    const m: ListedModel = { ...e, state: 'not pulled' };
+    const dl = (await stat(downloadPath(e)).catch(() => undefined))?.isFile() ? downloadPath(e) : undefined;
+    const part = await partialBytes(e);
+    if (await isConverted(dir)) {
+      m.state = 'converted';
+      m.modelDir = dir;
+    } else if (dl) {
+      m.state = 'downloaded';
+    } else if (part !== undefined) {
+      m.state = 'partial';
+      m.partialBytes = part;
+    }
+    if (dl) m.checkpoint = dl;
+    models.push(m);
+  }
+  return { cache: cacheDir(), registry: reg.source, models };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ').trimEnd()).join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+interface Check {
+  ok: boolean;
+  what: string;
+  detail: string;
+}
+
+interface ManifestFiles {
+  format?: string;
+  id?: string;
+  type?: string;
+  encoder?: string;
+  decoder?: string;
+  batchedDecoder?: string;
+  files?: Record<string, { sha256?: string; bytes?: number }>;
+}
+
+async function verifyModel(arg: string, log: (c: Check) => void): Promise<{ dir: string; problems: Check[] }> {
+  const dir = await resolveModelArg(arg);
+  const problems: Check[] = [];
+  const report = (c: Check): void => {
+    log(c);
+    if (!c.ok) problems.push(c);
+  };
+  const info = await stat(dir).catch(() => undefined);
+  if (!info?.isDirectory()) throw modelError(`model folder ${dir} does not exist; pass a model folder or the name of a pulled model`);
+  const manifestPath = join(dir, 'manifest.json');
+  const text = await readFile(manifestPath, 'utf8').catch(() => undefined);
+  if (text === undefined) {
+    throw modelError(`${dir} has no manifest.json, so there are no checksums to verify; convert the model with 'sam models convert', or write a manifest (see README "Models")`);
+  }
+  let manifest: ManifestFiles;
+  try {
+    manifest = JSON.parse(text) as ManifestFiles;
+  } catch (err) {
+    throw modelError(`${manifestPath}: not valid JSON (${(err as Error).message}); convert the model again`, err);
+  }
+  report({ ok: true, what: 'manifest.json', detail: `format ${manifest.format ?? '?'}, id ${manifest.id ?? '?'}, type ${manifest.type ?? '?'}` });
+
+  const files = manifest.files;
+  if (files && typeof files === 'object') {
+    for (const role of ['encoder', 'decoder', 'batchedDecoder'] as const) {
+      const f = manifest[role];
+      if (typeof f === 'string' && !(f in files)) report({ ok: false, what: f, detail: `the ${role} file is not listed in "files" of manifest.json` });
+    }
+    for (const [name, want] of Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) {
+      const path = join(dir, name);
+      const st = await stat(path).catch(() => undefined);
+      if (!st?.isFile()) {
+        report({ ok: false, what: name, detail: 'missing' });
+        continue;
+      }
+      if (typeof want.bytes === 'number' && st.size !== want.bytes) {
+        report({ ok: false, what: name, detail: `size ${st.size} bytes, manifest says ${want.bytes}` });
+        continue;
+      }
+      const sha = await sha256File(path);
+      if (typeof want.sha256 === 'string' && sha !== want.sha256) report({ ok: false, what: name, detail: `sha256 mismatch (manifest ${want.sha256}, file ${sha})` });
+      else report({ ok: true, what: name, detail: `${fmtBytes(st.size)}, sha256 ${sha.slice(0, 16)}…` });
+    }
+  } else {
+    report({ ok: true, what: 'files', detail: 'manifest.json records no checksums (hand-written?); checking that the sessions load' });
+  }
+  // Loading a file whose bytes are known to be wrong proves nothing; stop at the first kind of problem.
+  if (problems.length > 0) return { dir, problems };
+
+  try {
+    const model = await SamModel.open(dir, { threads: 1 });
+    const enc = await model.encoder();
+    report({ ok: true, what: 'encoder', detail: `${enc.session.inputNames.join(', ')} → ${enc.session.outputNames.join(', ')}` });
+    const dec = await model.decoder();
+    const emb = new ort.Tensor('float32', new Float32Array(256 * 64 * 64), [1, 256, 64, 64]);
+    const one = await dec.run(
+      { embeddings: emb, pointCoords: Float32Array.from([512, 512, 0, 0]), pointLabels: Float32Array.from([1, -1]), batch: 1, numPoints: 2, origSize: [32, 48] },
+      ['masks', 'low_res_masks'],
+    );
+    const m = one.numMasks;
+    if (one.masks?.length !== m * 32 * 48 || one.lowResMasks?.length !== m * 256 * 256) {
+      report({ ok: false, what: 'decoder', detail: 'a test prompt gave outputs of the wrong size' });
+    } else {
+      report({ ok: true, what: 'decoder', detail: `${dec.batched ? 'batched' : 'single prompt'}, ${m} masks per prompt, test prompt ok` });
+    }
+    const batched = await model.batchedDecoder();
+    if (batched) {
+      const b = 3;
+      const coords = Float32Array.from([100, 100, 0, 0, 512, 512, 0, 0, 900, 300, 0, 0]);
+      const labels = Float32Array.from([1, -1, 1, -1, 1, -1]);
+      const r = await batched.run({ embeddings: emb, pointCoords: coords, pointLabels: labels, batch: b, numPoints: 2, origSize: [32, 48] }, ['low_res_masks']);
+      if (r.iouPredictions.length !== b * r.numMasks || r.lowResMasks?.length !== b * r.numMasks * 256 * 256) {
+        report({ ok: false, what: 'batched decoder', detail: `a batch of ${b} test prompts gave outputs of the wrong size` });
+      } else {
+        report({ ok: true, what: 'batched decoder', detail: `${b} prompts per call, ${r.numMasks} masks per prompt, test batch ok` });
+      }
+    }
+  } catch (err) {
+    if (!(err instanceof SamError)) throw err;
+    report({ ok: false, what: 'sessions', detail: errorMessage(err) });
+  }
+  return { dir, problems };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface PullOptions {
+  force?: boolean;
+  downloadOnly?: boolean;
+  keepCheckpoint?: boolean;
+  quiet?: boolean;
+}
+
+interface ConvertOptions {
+  type?: SamModelType;
+  out: string;
+  force?: boolean;
+  quiet?: boolean;
+}
+
+/** Every failure throws (exit.ts maps it); success is exit 0, so setExit is not needed here. */
+export function registerModels(program: Command): void {
+  const models = program
+    .command('models')
+    .description('list, download (pull), convert and verify SAM models')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Pulled models live in the cache folder ($SAM_CACHE_DIR, else ~/.cache/sam on Linux, ~/Library/Caches/sam on',
+        'macOS, %LOCALAPPDATA%\\sam\\Cache on Windows) and are used with --model NAME in embed, segment and auto.',
+        '',
+        'Examples:',
+        '  sam models list',
+        '  sam models pull mobile_sam',
+        '  sam auto photos/ --model mobile_sam --out masks/',
+        '',
+      ].join('\n'),
+    );
+
+  models
+    .command('list')
+    .description('known models: name, type, size, sha256, licence, whether pulled, source URL')
+    .option('--json', 'print JSON (all fields, full sha256, cache paths)')
+    .addHelpText('after', '\nExamples:\n  sam models list\n  sam models list --json\n')
+    .action(async (opts: { json?: boolean }) => {
+      const res = await listModels();
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+        return;
+      }
+      const rows = [['NAME', 'TYPE', 'SIZE', 'SHA256', 'LICENCE', 'STATE', 'SOURCE']];
+      for (const m of res.models) {
+        const state =
+          m.state === 'partial' && m.size ? `partial ${Math.floor(((m.partialBytes ?? 0) / m.size) * 100)}%` : m.state;
+        rows.push([m.name, m.type, fmtBytes(m.size), m.sha256 ? `${m.sha256.slice(0, 12)}…` : 'unpublished', m.licence, state, m.url]);
+      }
+      process.stdout.write(`${table(rows)}\n`);
+      process.stderr.write(`sam: cache folder ${res.cache}\n`);
+    });
+
+  models
+    .command('pull')
+    .description('download a known model (resumable, sha256-checked) and convert it to ONNX in the cache folder')
+    .argument('<name>', "model name from 'sam models list'")
+    .option('-f, --force', 'download and convert again even if already pulled')
+    .option('--download-only', 'download and verify the checkpoint, do not convert it')
+    .option('--keep-checkpoint', 'keep the downloaded checkpoint after converting it (default: remove it)')
+    .option('-q, --quiet', 'no progress output')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'An interrupted download resumes where it stopped when the command is run again.',
+        'Offline? Download the checkpoint elsewhere and use: sam models convert FILE --type TYPE --out DIR',
+        '',
+        'Examples:',
+        '  sam models pull mobile_sam',
+        '  sam models pull sam_vit_b --force',
+        '',
+      ].join('\n'),
+    )
+    .action(async (name: string, opts: PullOptions) => {
+      const entry = await findRegistryEntry(name);
+      if (!isModelType(entry.type)) throw modelError(`registry entry '${name}' has type '${entry.type}', not one of ${SAM_MODEL_TYPES.join(', ')}; fix the registry`);
+      const quiet = opts.quiet ?? false;
+      const log = (line: string): void => {
+        if (!quiet) process.stderr.write(`sam: ${line}\n`);
+      };
+      const dir = pulledModelDir(name);
+      if (!opts.force && !opts.downloadOnly && (await isConverted(dir))) {
+        log(`${name} is already pulled; pass --force to download and convert it again`);
+        process.stdout.write(`${dir}\n`);
+        return;
+      }
+      const started = performance.now();
+      const progress = new DownloadProgress(name, quiet);
+      let dl: DownloadResult;
+      try {
+        dl = await downloadCheckpoint(entry, { force: opts.force, events: progress });
+      } finally {
+        progress.stop();
+      }
+      const dlSeconds = (performance.now() - started) / 1000;
+      const checked = dl.checked ? 'sha256 ok' : 'sha256 not checked (none published)';
+      log(dl.cached ? `${entry.file}: already downloaded, ${checked}` : `${entry.file}: ${fmtBytes(dl.bytes)} in ${dlSeconds.toFixed(1)} s, ${checked}`);
+      if (opts.downloadOnly) {
+        process.stdout.write(`${dl.path}\n`);
+        return;
+      }
+      // A folder without manifest.json in the cache is a leftover; it is ours to replace.
+      if (!(await isConverted(dir))) await rm(dir, { recursive: true, force: true });
+      const { convertCheckpoint } = await loadConverter();
+      const res = await convertCheckpoint(dl.path, entry.type, dir, { force: true, checkpointSha256: dl.sha256, onProgress: convertLogger(quiet) });
+      if (!opts.keepCheckpoint) await rm(dl.path, { force: true });
+      log(`pulled ${name} (${res.type}, id ${res.manifest.id}) into ${res.outDir}: download ${dlSeconds.toFixed(1)} s, convert ${res.seconds.toFixed(1)} s`);
+      process.stdout.write(`${res.outDir}\n`);
+    });
+
+  models
+    .command('convert')
+    .description('convert a PyTorch SAM/MobileSAM checkpoint (.pth, .pt, .safetensors) to an ONNX model folder')
+    .argument('<checkpoint>', 'checkpoint file')
+    .addOption(new Option('--type <type>', 'model type (default: detected from the tensor shapes)').choices([...SAM_MODEL_TYPES]))
+    .requiredOption('-o, --out <dir>', 'output model folder (encoder.onnx, decoder.onnx, decoder_batched.onnx, manifest.json)')
+    .option('-f, --force', 'replace an existing model folder at --out')
+    .option('-q, --quiet', 'no progress output')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Nothing is written when the checkpoint does not match --type; a failed conversion leaves no folder behind.',
+        '',
+        'Examples:',
+        '  sam models convert sam_vit_b_01ec64.pth --type vit_b --out models/sam_vit_b',
+        '  sam models convert mobile_sam.pt --out models/mobile_sam',
+        '',
+      ].join('\n'),
+    )
+    .action(async (checkpoint: string, opts: ConvertOptions) => {
+      const quiet = opts.quiet ?? false;
+      const { convertCheckpoint } = await loadConverter();
+      const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet) });
+      if (!quiet) {
+        const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
+        process.stderr.write(`sam: converted ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
+      }
+      process.stdout.write(`${res.outDir}\n`);
+    });
+
+  models
+    .command('verify')
+    .description('check a model folder: manifest, every file against its sha256, sessions load and fit the SAM contract')
+    .argument('<model>', 'model folder, or the name of a pulled model')
+    .addHelpText('after', '\nExit code 0 when everything checks out, 3 (model error) otherwise.\n\nExamples:\n  sam models verify mobile_sam\n  sam models verify models/sam_vit_b\n')
+    .action(async (arg: string) => {
+      const { dir, problems } = await verifyModel(arg, (c) => process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.what}: ${c.detail}\n`));
+      if (problems.length > 0) {
+        const first = problems[0];
+        const more = problems.length > 1 ? ` and ${problems.length - 1} more problem(s)` : '';
+        const fix = dir.startsWith(cacheDir()) ? `run 'sam models pull ${basename(dir)} --force'` : 'convert or download the model again';
+        throw modelError(`${dir}: ${first.what}: ${first.detail}${more}; ${fix}`);
+      }
+      process.stderr.write(`sam: ${dir}: ok\n`);
+    });
+}

@@ -1,0 +1,479 @@
+/**
+ * Known models (models/registry.json), the local cache folder, `--model NAME` resolution, and
+ * resumable, checksum-verified downloads of the published checkpoints.
+ *
+ * Cache layout: `<cache>/downloads/<file>[.part]` for checkpoints, `<cache>/models/<name>/` for
+ * converted model folders (manifest.json + .onnx files), `<cache>/checksums.json` for hashes
+ * recorded on first download of files the registry has no published checksum for.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SamError, modelError, usageError } from '../errors.js';
+import { writeFileAtomic } from './fsutil.js';
+
+export interface RegistryEntry {
+  name: string;
+  description?: string;
+  /** SAM model type of the checkpoint: vit_b, vit_l, vit_h or vit_t. */
+  type: string;
+  url: string;
+  /** File name in the downloads folder (default: the URL's last path segment). */
+  file: string;
+  /** Bytes, or null when unpublished. */
+  size: number | null;
+  /** Hex sha256, or null when unpublished: `pull` then records the hash of the first download. */
+  sha256: string | null;
+  licence: string;
+  checksumSource?: string;
+}
+
+export interface Registry {
+  /** Where it was read from (the packaged file or $SAM_REGISTRY). */
+  source: string;
+  models: RegistryEntry[];
+}
+
+/** Walk up from this module to the folder holding the package's package.json (works from src/ and dist/src/). */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg)) {
+      try {
+        if ((JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'sam-cli') return dir;
+      } catch {
+        // A broken package.json further down the tree is not ours; keep walking.
+      }
+    }
+    const up = dirname(dir);
+    if (up === dir) throw new Error('internal: package root of sam-cli not found above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+}
+
+export function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version?: string }).version ?? '0';
+  } catch {
+    return '0';
+  }
+}
+
+export function registryPath(): string {
+  const override = process.env.SAM_REGISTRY;
+  return override ? resolve(override) : join(packageRoot(), 'models', 'registry.json');
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+
+function parseEntry(path: string, raw: unknown, i: number): RegistryEntry {
+  const bad = (what: string): SamError => modelError(`${path}: models[${i}] ${what}; fix the registry file`);
+  if (typeof raw !== 'object' || raw === null) throw bad('is not an object');
+  const e = raw as Record<string, unknown>;
+  if (typeof e.name !== 'string' || !NAME.test(e.name)) throw bad('needs "name" (letters, digits, _ . -)');
+  if (typeof e.url !== 'string' || !/^https?:\/\//.test(e.url)) throw bad(`(${e.name}) needs an http(s) "url"`);
+  if (typeof e.type !== 'string') throw bad(`(${e.name}) needs "type" (vit_b, vit_l, vit_h or vit_t)`);
+  const sha = e.sha256 ?? null;
+  if (sha !== null && (typeof sha !== 'string' || !HEX64.test(sha))) throw bad(`(${e.name}) "sha256" must be 64 lowercase hex digits or null`);
+  const size = e.size ?? null;
+  if (size !== null && (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0)) throw bad(`(${e.name}) "size" must be a positive integer or null`);
+  const file = typeof e.file === 'string' ? e.file : decodeURIComponent(new URL(e.url).pathname.split('/').pop() ?? '');
+  if (!file || file.includes('/') || file.includes('\\') || file.startsWith('.')) throw bad(`(${e.name}) has no usable file name`);
+  return {
+    name: e.name,
+    description: typeof e.description === 'string' ? e.description : undefined,
+    type: e.type,
+    url: e.url,
+    file,
+    size: size as number | null,
+    sha256: sha as string | null,
+    licence: typeof e.licence === 'string' ? e.licence : 'unknown',
+    checksumSource: typeof e.checksumSource === 'string' ? e.checksumSource : undefined,
+  };
+}
+
+export async function loadRegistry(): Promise<Registry> {
+  const path = registryPath();
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const fix = process.env.SAM_REGISTRY ? 'fix or unset $SAM_REGISTRY' : 'reinstall sam';
+    throw modelError(`model registry ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}); ${fix}`, err);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw modelError(`model registry ${path} is not valid JSON (${(err as Error).message}); fix the file`, err);
+  }
+  const models = (json as { models?: unknown }).models;
+  if (!Array.isArray(models)) throw modelError(`model registry ${path} has no "models" array; fix the file`);
+  const entries = models.map((m, i) => parseEntry(path, m, i));
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (seen.has(e.name)) throw modelError(`model registry ${path} lists '${e.name}' twice; fix the file`);
+    seen.add(e.name);
+  }
+  return { source: path, models: entries };
+}
+
+export async function findRegistryEntry(name: string): Promise<RegistryEntry> {
+  const reg = await loadRegistry();
+  const entry = reg.models.find((m) => m.name === name);
+  if (!entry) {
+    throw usageError(`unknown model '${name}'; known models: ${reg.models.map((m) => m.name).join(', ')} (see 'sam models list')`);
+  }
+  return entry;
+}
+
+/**
+ * The cache folder: $SAM_CACHE_DIR, else the platform's per-user cache folder
+ * (Linux $XDG_CACHE_HOME/sam or ~/.cache/sam, macOS ~/Library/Caches/sam, Windows %LOCALAPPDATA%\sam\Cache).
+ */
+export function cacheDir(): string {
+  const env = process.env;
+  if (env.SAM_CACHE_DIR) return resolve(env.SAM_CACHE_DIR);
+  const home = homedir();
+  if (process.platform === 'win32') return join(env.LOCALAPPDATA || join(home, 'AppData', 'Local'), 'sam', 'Cache');
+  if (process.platform === 'darwin') return join(home, 'Library', 'Caches', 'sam');
+  // XDG: a relative XDG_CACHE_HOME is invalid and must be ignored.
+  const xdg = env.XDG_CACHE_HOME;
+  return join(xdg && isAbsolute(xdg) ? xdg : join(home, '.cache'), 'sam');
+}
+
+export const modelsDir = (): string => join(cacheDir(), 'models');
+export const downloadsDir = (): string => join(cacheDir(), 'downloads');
+export const pulledModelDir = (name: string): string => join(modelsDir(), name);
+export const downloadPath = (entry: RegistryEntry): string => join(downloadsDir(), entry.file);
+
+export async function isConverted(dir: string): Promise<boolean> {
+  return (await stat(join(dir, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
+}
+
+const looksLikePath = (arg: string): boolean =>
+  arg.includes('/') || arg.includes(sep) || arg.startsWith('.') || arg.startsWith('~') || isAbsolute(arg);
+
+/**
+ * `--model` argument → model folder. An existing path (or anything that looks like one) is
+ * returned as is; a bare name is a model pulled into the cache (`sam models pull NAME`).
+ */
+export async function resolveModelArg(arg: string): Promise<string> {
+  if (looksLikePath(arg) || (await stat(arg).catch(() => undefined))) return arg;
+  if (!NAME.test(arg)) return arg;
+  const dir = pulledModelDir(arg);
+  if (await isConverted(dir)) return dir;
+  const reg = await loadRegistry().catch(() => undefined);
+  if (reg?.models.some((m) => m.name === arg)) {
+    throw modelError(`model '${arg}' is not pulled yet; run 'sam models pull ${arg}'`);
+  }
+  const known = reg ? ` (known models: ${reg.models.map((m) => m.name).join(', ')})` : '';
+  throw modelError(`--model ${arg} is neither a model folder nor a pulled model name${known}; pass a folder with encoder and decoder .onnx files, or run 'sam models pull NAME'`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checksums recorded for registry entries without a published one.
+
+interface RecordedChecksum {
+  url: string;
+  sha256: string;
+  size: number;
+}
+
+const recordedPath = (): string => join(cacheDir(), 'checksums.json');
+
+async function readRecorded(): Promise<Record<string, RecordedChecksum>> {
+  const text = await readFile(recordedPath(), 'utf8').catch(() => undefined);
+  if (text === undefined) return {};
+  try {
+    return JSON.parse(text) as Record<string, RecordedChecksum>;
+  } catch {
+    return {};
+  }
+}
+
+/** The published sha256/size, else the one recorded locally on the first download of the same URL. */
+export async function expectedChecksum(entry: RegistryEntry): Promise<{ sha256: string | null; size: number | null; recorded: boolean }> {
+  if (entry.sha256) return { sha256: entry.sha256, size: entry.size, recorded: false };
+  const rec = (await readRecorded())[entry.name];
+  if (rec && rec.url === entry.url && HEX64.test(rec.sha256)) return { sha256: rec.sha256, size: entry.size ?? rec.size, recorded: true };
+  return { sha256: null, size: entry.size, recorded: false };
+}
+
+async function recordChecksum(entry: RegistryEntry, sha256: string, size: number): Promise<void> {
+  const all = await readRecorded();
+  all[entry.name] = { url: entry.url, sha256, size };
+  await writeFileAtomic(recordedPath(), `${JSON.stringify(all, null, 2)}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Download.
+
+export async function sha256File(path: string, hash: Hash = createHash('sha256')): Promise<string> {
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+export interface DownloadEvents {
+  /** Response received: `total` bytes expected (undefined when the server does not say), `from` already on disk. */
+  start?(info: { url: string; total: number | undefined; from: number; resumed: boolean }): void;
+  progress?(received: number, total: number | undefined): void;
+  /** One-line notes (resuming, restarting, recorded checksum). */
+  note?(line: string): void;
+}
+
+export interface DownloadResult {
+  path: string;
+  sha256: string;
+  bytes: number;
+  /** The verified file was already there; nothing was fetched. */
+  cached: boolean;
+  /** Compared with a published or previously recorded sha256 (false: recorded now). */
+  checked: boolean;
+}
+
+const OFFLINE_FIX = (entry: RegistryEntry): string =>
+  `check the network connection, or download ${entry.url} on another machine and run 'sam models convert ${entry.file} --type ${entry.type} --out DIR'`;
+
+/** A one-line reason from a fetch/undici error (their `cause` carries the system error code). */
+function networkReason(err: unknown): string {
+  const e = err as { message?: string; code?: string; cause?: { code?: string; message?: string } };
+  const code = e.cause?.code ?? e.code;
+  const msg = e.cause?.message ?? e.message ?? String(err);
+  const words: Record<string, string> = {
+    ECONNREFUSED: 'connection refused',
+    ENOTFOUND: 'host not found',
+    EAI_AGAIN: 'name lookup failed (offline?)',
+    ETIMEDOUT: 'timed out',
+    UND_ERR_CONNECT_TIMEOUT: 'connection timed out',
+    ECONNRESET: 'connection reset',
+    ENETUNREACH: 'network unreachable',
+    EHOSTUNREACH: 'host unreachable',
+    UND_ERR_SOCKET: 'connection closed by the server',
+  };
+  return code ? `${words[code] ?? msg.split('\n')[0]} (${code})` : msg.split('\n')[0];
+}
+
+interface PartMeta {
+  url: string;
+  total?: number;
+  etag?: string;
+  lastModified?: string;
+}
+
+/** Exclusive lock on a download so two pulls of the same file do not interleave writes. */
+async function lockDownload(lockPath: string, url: string): Promise<() => Promise<void>> {
+  await mkdir(dirname(lockPath), { recursive: true });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(lockPath, 'wx');
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return () => rm(lockPath, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
+      let alive = false;
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+        try {
+          process.kill(pid, 0);
+          alive = true;
+        } catch (e) {
+          alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+        }
+      }
+      if (alive) throw modelError(`another sam process (pid ${pid}) is downloading ${url}; wait for it to finish, then run the command again`);
+      // The previous owner died: take over its partial download.
+      await rm(lockPath, { force: true });
+    }
+  }
+  throw modelError(`cannot lock ${lockPath}; remove it if no other 'sam models pull' is running`);
+}
+
+/**
+ * Download `entry` to `<cache>/downloads/<file>`: resume a previous `.part` with an HTTP Range
+ * request, hash while writing, then check the sha256 (and size) before the rename. A mismatch
+ * removes the partial file. With no published checksum the first download's hash is recorded
+ * (and reported through `events.note`), so later downloads are checked against it.
+ */
+export async function downloadCheckpoint(entry: RegistryEntry, options: { force?: boolean; events?: DownloadEvents } = {}): Promise<DownloadResult> {
+  const events = options.events ?? {};
+  const finalPath = downloadPath(entry);
+  const part = `${finalPath}.part`;
+  const metaPath = `${part}.json`;
+  const expected = await expectedChecksum(entry);
+  await mkdir(dirname(finalPath), { recursive: true });
+  const unlock = await lockDownload(`${part}.lock`, entry.url);
+  try {
+    if (options.force) {
+      await rm(finalPath, { force: true });
+      await rm(part, { force: true });
+      await rm(metaPath, { force: true });
+    }
+    const existing = await stat(finalPath).catch(() => undefined);
+    if (existing?.isFile()) {
+      const sha = await sha256File(finalPath);
+      if (expected.sha256 === null || sha === expected.sha256) return { path: finalPath, sha256: sha, bytes: existing.size, cached: true, checked: expected.sha256 !== null };
+      events.note?.(`${finalPath}: sha256 ${sha} does not match ${expected.sha256}; downloading it again`);
+      await rm(finalPath, { force: true });
+    }
+    const { sha256, bytes } = await fetchToPart(entry, part, metaPath, expected.size, events);
+    if (expected.size !== null && bytes !== expected.size) {
+      await discard(part, metaPath);
+      throw modelError(
+        `${entry.url}: downloaded ${bytes} bytes but ${entry.name} has ${expected.size}; removed the partial file — run 'sam models pull ${entry.name}' again, or report it if it persists`,
+      );
+    }
+    if (expected.sha256 !== null && sha256 !== expected.sha256) {
+      await discard(part, metaPath);
+      throw modelError(
+        `${entry.file}: sha256 mismatch (expected ${expected.sha256}, got ${sha256}); the download is corrupt or the file changed upstream, so it was removed — run 'sam models pull ${entry.name}' again`,
+      );
+    }
+    await rename(part, finalPath);
+    await rm(metaPath, { force: true });
+    if (expected.sha256 === null) {
+      await recordChecksum(entry, sha256, bytes);
+      events.note?.(`warning: ${entry.name} has no published checksum; recorded sha256 ${sha256} (later downloads are checked against it)`);
+    }
+    return { path: finalPath, sha256, bytes, cached: false, checked: expected.sha256 !== null };
+  } finally {
+    await unlock();
+  }
+}
+
+async function discard(part: string, metaPath: string): Promise<void> {
+  await rm(part, { force: true });
+  await rm(metaPath, { force: true });
+}
+
+async function readMeta(metaPath: string): Promise<PartMeta | undefined> {
+  const text = await readFile(metaPath, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as PartMeta;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Fetch into `part` (appending when the server honours Range) and return the whole file's sha256. */
+async function fetchToPart(
+  entry: RegistryEntry,
+  part: string,
+  metaPath: string,
+  expectedSize: number | null,
+  events: DownloadEvents,
+): Promise<{ sha256: string; bytes: number }> {
+  let have = (await stat(part).catch(() => undefined))?.size ?? 0;
+  const meta = await readMeta(metaPath);
+  if (have > 0 && (meta?.url !== entry.url || (expectedSize !== null && have > expectedSize))) {
+    // Not a prefix of this file (another URL, or longer than it): start over.
+    await discard(part, metaPath);
+    have = 0;
+  }
+  const headers: Record<string, string> = { 'user-agent': 'sam-cli' };
+  if (have > 0) {
+    headers.range = `bytes=${have}-`;
+    // If-Range: a changed resource is sent whole (200) instead of a mismatched tail.
+    const validator = meta?.etag && !meta.etag.startsWith('W/') ? meta.etag : meta?.lastModified;
+    if (validator) headers['if-range'] = validator;
+  }
+  let res: Response;
+  try {
+    res = await fetch(entry.url, { headers, redirect: 'follow' });
+  } catch (err) {
+    throw modelError(`cannot download ${entry.url}: ${networkReason(err)}; ${OFFLINE_FIX(entry)}`, err);
+  }
+  if (res.status === 416 && have > 0) {
+    // Nothing past `have`: the partial file is already complete when the sizes agree.
+    await res.body?.cancel();
+    const total = Number(/\/(\d+)$/.exec(res.headers.get('content-range') ?? '')?.[1] ?? NaN);
+    if (total === have || expectedSize === have) return { sha256: await sha256File(part), bytes: have };
+    await discard(part, metaPath);
+    return fetchToPart(entry, part, metaPath, expectedSize, events);
+  }
+  if (res.status !== 200 && res.status !== 206) {
+    await res.body?.cancel();
+    throw modelError(`cannot download ${entry.url}: HTTP ${res.status} ${res.statusText}; ${OFFLINE_FIX(entry)}`);
+  }
+  let from = 0;
+  let total: number | undefined;
+  if (res.status === 206) {
+    const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get('content-range') ?? '');
+    if (!m || Number(m[1]) !== have) {
+      await res.body?.cancel();
+      await discard(part, metaPath);
+      throw modelError(`${entry.url}: the server answered the resume request with an unexpected range (${res.headers.get('content-range') ?? 'none'}); removed the partial file — run the command again`);
+    }
+    from = have;
+    total = m[3] === '*' ? undefined : Number(m[3]);
+  } else {
+    const len = res.headers.get('content-length');
+    total = len !== null && /^\d+$/.test(len) ? Number(len) : undefined;
+    if (have > 0) events.note?.(`${entry.url}: the server does not resume downloads; starting again from 0`);
+  }
+  if (total !== undefined && expectedSize !== null && total !== expectedSize) {
+    await res.body?.cancel();
+    await discard(part, metaPath);
+    throw modelError(
+      `${entry.url} is ${total} bytes but ${entry.name} should be ${expectedSize}; the file changed upstream or the URL is wrong — update the registry, or download it yourself and run 'sam models convert'`,
+    );
+  }
+  if (from === 0) {
+    const newMeta: PartMeta = { url: entry.url, total, etag: res.headers.get('etag') ?? undefined, lastModified: res.headers.get('last-modified') ?? undefined };
+    await writeFileAtomic(metaPath, JSON.stringify(newMeta));
+  }
+  const hash = createHash('sha256');
+  // Hash the bytes already on disk so the final digest covers the whole file.
+  if (from > 0) for await (const chunk of createReadStream(part, { end: from - 1, highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
+  events.start?.({ url: entry.url, total, from, resumed: from > 0 });
+  if (!res.body) throw modelError(`cannot download ${entry.url}: empty response; ${OFFLINE_FIX(entry)}`);
+  let fh: FileHandle | undefined;
+  let received = from;
+  try {
+    fh = await open(part, from > 0 ? 'r+' : 'w');
+    let pos = from;
+    for await (const chunk of res.body) {
+      const buf = chunk as Uint8Array;
+      if (expectedSize !== null && received + buf.length > expectedSize) {
+        throw modelError(`${entry.url} sends more than the ${expectedSize} bytes ${entry.name} has; the file changed upstream — update the registry`);
+      }
+      await fh.write(buf, 0, buf.length, pos);
+      pos += buf.length;
+      received += buf.length;
+      hash.update(buf);
+      events.progress?.(received, total);
+    }
+    await fh.truncate(pos);
+    await fh.sync();
+  } catch (err) {
+    if (err instanceof SamError) {
+      await fh?.close();
+      fh = undefined;
+      await discard(part, metaPath);
+      throw err;
+    }
+    // Keep the partial file: the next run resumes from it.
+    throw modelError(
+      `download of ${entry.url} interrupted after ${received} of ${total ?? '?'} bytes (${networkReason(err)}); run the same command again to resume, or ${OFFLINE_FIX(entry).replace(/^check the network connection, or /, '')}`,
+      err,
+    );
+  } finally {
+    await fh?.close();
+  }
+  if (total !== undefined && received !== total) {
+    throw modelError(`download of ${entry.url} ended after ${received} of ${total} bytes; run the same command again to resume`);
+  }
+  return { sha256: hash.digest('hex'), bytes: received };
+}
+
+/** Bytes of a partial download, for `sam models list`. */
+export async function partialBytes(entry: RegistryEntry): Promise<number | undefined> {
+  return (await stat(`${downloadPath(entry)}.part`).catch(() => undefined))?.size;
+}
