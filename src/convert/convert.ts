@@ -1,0 +1,224 @@
+/**
+ * PyTorch SAM checkpoint → model folder: encoder.onnx, decoder.onnx (the official single-prompt
+ * signature), decoder_batched.onnx (dynamic prompt batch, low-res masks only) and manifest.json
+ * with every file's sha256. Everything is written into a temp folder next to `outDir` and renamed
+ * into place at the end, so a failed or interrupted conversion leaves no half-written model.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readdir, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { SamError, modelError } from '../errors.js';
+import { loadStateDict, type StateDict } from './checkpoint.js';
+import { SAM_MODEL_TYPES, VIT_CONFIGS, checkConfigMatches, detectModelType, type SamModelType } from './configs.js';
+import { packageVersion } from '../engine/model-store.js';
+import { produceDirAtomic, removeStaleTemps } from '../engine/tempfiles.js';
+import { serializeModel, serializeWithExternalData, type GraphBuilder, type ModelProto } from './onnx-builder.js';
+import { buildSamDecoder } from './sam-decoder.js';
+import { buildTinyVitEncoder } from './tinyvit-encoder.js';
+import { buildVitEncoder } from './vit-encoder.js';
+
+export const MODEL_FORMAT = 'sam-onnx/1';
+
+export const FILES = {
+  encoder: 'encoder.onnx',
+  encoderData: 'encoder.onnx.data',
+  decoder: 'decoder.onnx',
+  batchedDecoder: 'decoder_batched.onnx',
+} as const;
+
+/** manifest.json of a converted model (a superset of the engine's ModelManifest). */
+export interface ConvertedManifest {
+  format: typeof MODEL_FORMAT;
+  id: string;
+  type: SamModelType;
+  encoder: string;
+  decoder: string;
+  decoderBatched: false;
+  /** Decoder with a dynamic prompt batch and no in-graph upscaling, for automatic mask generation. */
+  batchedDecoder: string;
+  description: string;
+  files: Record<string, { sha256: string; bytes: number }>;
+  source: { checkpoint: string; sha256: string; bytes: number };
+  converter: { name: string; version: string };
+}
+
+export interface PhaseTime {
+  phase: string;
+  seconds: number;
+}
+
+export interface ConvertProgress {
+  phase: string;
+  state: 'start' | 'done';
+  /** Set when state is 'done'. */
+  seconds?: number;
+}
+
+export interface ConvertOptions {
+  onProgress?: (event: ConvertProgress) => void;
+  /** Replace an existing model folder at outDir. */
+  force?: boolean;
+  /** The checkpoint's sha256 when the caller already knows it (a verified download). */
+  checkpointSha256?: string;
+  /** Models whose initializers exceed this many bytes store them in `<file>.data` (protobuf's 2 GiB limit). */
+  externalDataThreshold?: number;
+}
+
+export interface ConvertResult {
+  outDir: string;
+  type: SamModelType;
+  manifest: ConvertedManifest;
+  phases: PhaseTime[];
+  seconds: number;
+}
+
+/** Below protobuf's 2 GiB message limit with room for the graph itself. */
+const EXTERNAL_DATA_THRESHOLD = 1.5 * 1024 ** 3;
+
+async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) {
+    hash.update(chunk as Buffer);
+    bytes += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), bytes };
+}
+
+function initializerBytes(model: ModelProto): number {
+  let total = 0;
+  for (const t of model.graph?.initializer ?? []) total += t.rawData?.length ?? 0;
+  return total;
+}
+
+/**
+ * The builders throw plain Errors for missing or misshapen state-dict tensors: a problem of the
+ * checkpoint, reported as a model error. RangeErrors (allocation failures) stay internal.
+ */
+function asModelError(err: unknown, checkpoint: string, what: string): unknown {
+  if (err instanceof SamError || err instanceof RangeError || !(err instanceof Error)) return err;
+  return modelError(`${checkpoint}: cannot build the ${what} (${err.message.split('\n')[0]}); is it an official SAM or MobileSAM checkpoint?`, err);
+}
+
+async function folderHasEntries(dir: string): Promise<boolean> {
+  const entries = await readdir(dir).catch(() => undefined);
+  return entries !== undefined && entries.length > 0;
+}
+
+export async function convertCheckpoint(
+  checkpointPath: string,
+  type: SamModelType | undefined,
+  outDir: string,
+  opts: ConvertOptions = {},
+): Promise<ConvertResult> {
+  const started = performance.now();
+  const phases: PhaseTime[] = [];
+  const timed = async <T>(phase: string, fn: () => Promise<T> | T): Promise<T> => {
+    opts.onProgress?.({ phase, state: 'start' });
+    const t0 = performance.now();
+    const out = await fn();
+    const seconds = (performance.now() - t0) / 1000;
+    phases.push({ phase, seconds });
+    opts.onProgress?.({ phase, state: 'done', seconds });
+    return out;
+  };
+
+  const ckpt = resolve(checkpointPath);
+  const ckptName = basename(ckpt);
+  const info = await stat(ckpt).catch(() => undefined);
+  if (!info?.isFile()) throw new SamError('input', `checkpoint ${checkpointPath} does not exist or is not a file; pass the .pth/.pt/.safetensors file`);
+  const out = resolve(outDir);
+  const outInfo = await stat(out).catch(() => undefined);
+  if (outInfo && !outInfo.isDirectory()) throw new SamError('output', `--out ${outDir} is a file; pass a folder for the model`);
+  if (await folderHasEntries(out)) {
+    // --force replaces a previous model folder, never an unrelated folder the user pointed at.
+    const isModel = (await stat(join(out, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
+    if (!opts.force || !isModel) {
+      const fix = isModel ? 'pass --force to replace it, or choose another folder' : 'choose an empty or new folder';
+      throw new SamError('output', `--out ${outDir} already exists and is not empty; ${fix}`);
+    }
+  }
+
+  const [sd, source] = await Promise.all([
+    timed('read checkpoint', () => loadStateDict(ckpt)),
+    opts.checkpointSha256
+      ? Promise.resolve({ sha256: opts.checkpointSha256, bytes: info.size })
+      : timed('hash checkpoint', () => sha256OfFile(ckpt)),
+  ]);
+  const modelType = resolveType(sd, type, ckptName);
+
+  // Leftovers of a killed conversion into the same folder.
+  await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
+  let manifest: ConvertedManifest | undefined;
+  // Written into a sibling temp folder (same file system) that is renamed into place at the end.
+  await produceDirAtomic(out, async (tmp) => {
+    const threshold = opts.externalDataThreshold ?? EXTERNAL_DATA_THRESHOLD;
+    // Build and write one graph at a time, so each builder's initializers can be collected
+    // before the next graph is built (vit_h's encoder alone is 2.5 GB).
+    const graph = async (what: string, file: string, build: () => GraphBuilder, docString: string): Promise<void> => {
+      const builder = await timed(`build ${what}`, () => {
+        try {
+          return build();
+        } catch (err) {
+          throw asModelError(err, ckptName, what);
+        }
+      });
+      await timed(`write ${what}`, async () => {
+        const model = builder.toModel({ producerName: 'sam-cli convert', producerVersion: packageVersion(), docString });
+        if (initializerBytes(model) > threshold) await serializeWithExternalData(model, join(tmp, file), `${file}.data`);
+        else await writeFile(join(tmp, file), serializeModel(model));
+      });
+    };
+    await graph(
+      'encoder',
+      FILES.encoder,
+      () => (modelType === 'vit_t' ? buildTinyVitEncoder(sd) : buildVitEncoder(sd, VIT_CONFIGS[modelType])),
+      `SAM ${modelType} image encoder from ${ckptName}`,
+    );
+    await graph('decoder', FILES.decoder, () => buildSamDecoder(sd, { batched: false, upscale: true }), `SAM ${modelType} decoder from ${ckptName}`);
+    // No in-graph upscaling: automatic mask generation reads only low_res_masks, and upscaled
+    // masks would cost B×M×1024×1024 floats per call.
+    await graph(
+      'batched decoder',
+      FILES.batchedDecoder,
+      () => buildSamDecoder(sd, { batched: true, upscale: false }),
+      `SAM ${modelType} batched decoder (low-res masks only) from ${ckptName}`,
+    );
+
+    const files = await timed('checksums', async () => {
+      const names = (await readdir(tmp)).sort();
+      const entries: Record<string, { sha256: string; bytes: number }> = {};
+      for (const name of names) entries[name] = await sha256OfFile(join(tmp, name));
+      return entries;
+    });
+    manifest = {
+      format: MODEL_FORMAT,
+      id: `${modelType}-${source.sha256.slice(0, 12)}`,
+      type: modelType,
+      encoder: FILES.encoder,
+      decoder: FILES.decoder,
+      decoderBatched: false,
+      batchedDecoder: FILES.batchedDecoder,
+      description: `SAM ${modelType} converted from ${ckptName} by sam models convert`,
+      files,
+      source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
+      converter: { name: 'sam-cli', version: packageVersion() },
+    };
+    await writeFile(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  });
+  if (!manifest) throw new Error('internal: conversion finished without a manifest');
+  return { outDir: out, type: modelType, manifest, phases, seconds: (performance.now() - started) / 1000 };
+}
+
+function resolveType(sd: StateDict, type: SamModelType | undefined, ckptName: string): SamModelType {
+  if (type !== undefined) {
+    checkConfigMatches(sd, type, ckptName);
+    return type;
+  }
+  const detected = detectModelType(sd);
+  if (detected === undefined) {
+    throw modelError(`checkpoint ${ckptName} matches none of ${SAM_MODEL_TYPES.join(', ')} by its tensor shapes; is it a SAM or MobileSAM checkpoint? Pass --type to see what differs`);
+  }
+  return detected;
+}
