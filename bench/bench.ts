@@ -3,9 +3,10 @@
  *
  * Runs the `sam auto` pipeline (library calls, coco_rle output to a temp folder) over a folder
  * and prints where the time goes, per stage, plus wall time, images/s, masks and peak RSS.
- * Defaults: the oracle fixture model (built if missing) over ../shared/images. When the model
- * folder has a batched sibling (`<model>-batched`, as the fixture's oracle-batched), the same
- * images are run through it too and the decoders compared.
+ * Defaults: the oracle fixture model (built if missing) over ../shared/images. When the model has
+ * a batched decoder (manifest "batchedDecoder", as `sam models convert` writes) or a batched
+ * sibling folder (`<model>-batched`, as the fixture's oracle-batched), the same images are run
+ * with the single-prompt decoder too and the decoders compared.
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -18,7 +19,7 @@ import { AMG_DEFAULTS } from '../src/amg/generator.js';
 import { STAGES, StageTimes, type Stage } from '../src/amg/timings.js';
 import { autoImage, autoSetup } from '../src/engine/auto.js';
 import { collectInputs, type InputImage } from '../src/engine/inputs.js';
-import { SamModel } from '../src/engine/model.js';
+import { SamModel, type DecoderChoice } from '../src/engine/model.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const FIXTURES = path.join(REPO, '.cache', 'test-fixtures');
@@ -33,11 +34,11 @@ interface RunResult {
   peakRssMb: number;
 }
 
-async function runModel(modelDir: string, items: readonly InputImage[], pointsPerSide: number): Promise<RunResult> {
+async function runModel(modelDir: string, items: readonly InputImage[], pointsPerSide: number, decoderChoice: DecoderChoice = 'auto'): Promise<RunResult> {
   const model = await SamModel.open(modelDir);
   // Session creation is start-up cost, not per-image work: keep it out of the figures.
   await model.encoder();
-  const decoder = await model.decoder();
+  const decoder = await model.amgDecoder(decoderChoice);
   const out = await mkdtemp(path.join(tmpdir(), 'sam-bench-'));
   try {
     const setup = autoSetup({
@@ -47,6 +48,7 @@ async function runModel(modelDir: string, items: readonly InputImage[], pointsPe
       outputMode: 'coco_rle',
       coco: false,
       force: true,
+      decoder: decoderChoice,
     });
     const times = new StageTimes();
     let masks = 0;
@@ -113,15 +115,20 @@ async function main(): Promise<void> {
     ])}\n`,
   );
 
+  // Compare against the other decoder of the same model, else against a `-batched` sibling.
   const batchedDir = `${modelDir.replace(/[/\\]+$/, '')}-batched`;
-  if (!main.decoderBatched && existsSync(batchedDir)) {
-    const batched = await runModel(batchedDir, items, pointsPerSide);
-    process.stdout.write(`\nsingle vs batched decoder (${path.basename(batchedDir)}, points per batch ${AMG_DEFAULTS.pointsPerBatch})\n`);
+  let pair: [RunResult, RunResult, string] | undefined;
+  if (main.decoderBatched) pair = [await runModel(modelDir, items, pointsPerSide, 'single'), main, path.basename(modelDir)];
+  else if (existsSync(batchedDir)) pair = [main, await runModel(batchedDir, items, pointsPerSide), path.basename(batchedDir)];
+  if (pair) {
+    const [single, batched, name] = pair;
+    process.stdout.write(`\nsingle vs batched decoder (${name}, points per batch ${AMG_DEFAULTS.pointsPerBatch})\n`);
     const cmp = [['decoder', 'decoder ms', 'wall ms', 'images/s', 'masks', 'peak RSS MB']];
-    for (const [name, r] of [['single', main], ['batched', batched]] as const) {
-      cmp.push([name, ms(r.times.ms.decoder), ms(r.wallMs), (r.images / (r.wallMs / 1000)).toFixed(3), String(r.masks), r.peakRssMb.toFixed(0)]);
+    for (const [label, r] of [['single', single], ['batched', batched]] as const) {
+      cmp.push([label, ms(r.times.ms.decoder), ms(r.wallMs), (r.images / (r.wallMs / 1000)).toFixed(3), String(r.masks), r.peakRssMb.toFixed(0)]);
     }
     process.stdout.write(`${table(cmp)}\n`);
+    process.stdout.write(`decoder-stage speed-up of batched over single: ${(single.times.ms.decoder / batched.times.ms.decoder).toFixed(2)}x\n`);
   }
 }
 

@@ -6,7 +6,7 @@ import { SamError, errorMessage, usageError } from '../errors.js';
 import { OUTPUT_MODES, type OutputMode } from '../engine/amg-output.js';
 import { autoImage, autoSetup, cleanStaleOutputs, readPointGrids, writeAutoCoco } from '../engine/auto.js';
 import { collectInputs, type InputImage } from '../engine/inputs.js';
-import { SamModel } from '../engine/model.js';
+import { SamModel, type DecoderChoice } from '../engine/model.js';
 import { finishBatch, parseFloatOption, parseIntOption, runBatch } from './common.js';
 
 interface AutoOptions {
@@ -34,6 +34,7 @@ interface AutoOptions {
   shard?: Shard;
   force?: boolean;
   quiet?: boolean;
+  decoder: DecoderChoice;
 }
 
 export interface Shard {
@@ -71,7 +72,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     .command('auto')
     .description('automatic mask generation ("segment everything") over images, folders or globs; COCO RLE JSON per image')
     .argument('<inputs...>', 'image files, folders (walked recursively) or quoted glob patterns ("data/**/*.jpg")')
-    .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json)')
+    .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json) or the name of a pulled model')
     .requiredOption('-o, --out <dir>', 'output folder: <out>/<relative path without extension>.json (or a folder in png mode)')
     .option('--points-per-side <n>', 'points sampled along one side of the image (grid of n*n prompts)', parseIntOption('--points-per-side', 1, 1024), d.pointsPerSide!)
     .option('--points-per-batch <n>', 'prompts run through the decoder at once', parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
@@ -94,6 +95,11 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     )
     .option('--min-mask-region-area <n>', 'fill holes and remove islands smaller than this many pixels (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
     .option('--point-grids <file>', 'JSON array of point grids, one per crop layer, each [[x,y],...] in 0..1 (replaces --points-per-side)')
+    .addOption(
+      new Option('--decoder <which>', "auto: the model's batched decoder when it has one; single: one prompt per call; batched: require the batched one")
+        .choices(['auto', 'single', 'batched'])
+        .default('auto'),
+    )
     .addOption(
       new Option('--output-mode <mode>', 'coco_rle: COCO RLE JSON; uncompressed_rle: run lengths as numbers; png: <out>/<name>/<i>.png + metadata.csv')
         .choices([...OUTPUT_MODES, 'binary_mask'])
@@ -140,7 +146,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
       const items = selectShard(await collectInputs(inputs), opts.shard);
       const model = await SamModel.open(opts.model, { threads });
       // Load the sessions now so a bad model fails once, not once per image.
-      await model.decoder();
+      await model.amgDecoder(opts.decoder);
       if (!opts.embeddings || opts.cropNLayers > 0) await model.encoder();
       const setup = autoSetup({
         model,
@@ -164,6 +170,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
         embeddingsDir: opts.embeddings,
         coco: opts.coco !== undefined,
         force: opts.force ?? false,
+        decoder: opts.decoder,
       });
       const stale = await cleanStaleOutputs(setup, opts.coco);
       const log = (line: string) => {

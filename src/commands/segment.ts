@@ -57,7 +57,7 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
     .command('segment')
     .description('masks for point, box and mask prompts on one image')
     .argument('<image>', 'image file')
-    .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json)')
+    .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json) or the name of a pulled model')
     .option('-p, --points <list>', 'points "x,y[,label] ...", label 1 foreground (default) or 0 background', parsePoints)
     .option('-b, --box <x0,y0,x1,y1>', 'box prompt in pixels', parseBox)
     .option('--mask-input <file>', 'previous mask: PNG of the image size, or .npy low-res logits from --low-res-out')

@@ -23,7 +23,7 @@ import { writeCocoDataset, type CocoImageEntry } from './coco.js';
 import { readEmbeddingFile } from './embedding-file.js';
 import { loadImage } from './image.js';
 import type { InputImage } from './inputs.js';
-import type { SamModel } from './model.js';
+import type { DecoderChoice, SamModel } from './model.js';
 import { imageStateFromEmbedding, type ImageState } from './predictor.js';
 import { removeStaleTemps } from './tempfiles.js';
 
@@ -40,6 +40,8 @@ export interface AutoSetup {
   coco: boolean;
   /** Redo images whose outputs are complete. */
   force: boolean;
+  /** Which decoder runs the point batches (SamModel.amgDecoder). */
+  decoder?: DecoderChoice;
 }
 
 export interface AutoImageResult {
@@ -83,7 +85,7 @@ export async function autoImage(setup: AutoSetup, item: InputImage, timings: Sta
   const size: Size = [image.height, image.width];
   const state = await storedEmbedding(setup, item, size);
   const needEncoder = !state || setup.amg.cropNLayers > 0;
-  const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.decoder()]);
+  const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.amgDecoder(setup.decoder)]);
   const predictor = new OnnxAmgPredictor(encoder, decoder, image, timings, state);
   const records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings);
   await timings.time('write', async () => {

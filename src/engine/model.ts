@@ -294,7 +294,23 @@ export class SamModel {
     })();
     return this.batchedDecoderP;
   }
+
+  /**
+   * The decoder automatic mask generation uses: 'auto' takes the manifest's batched decoder when
+   * there is one (one call per batch of points, no in-graph upscaling), else the main decoder.
+   */
+  async amgDecoder(choice: DecoderChoice = 'auto'): Promise<DecoderSession> {
+    if (choice === 'single') return this.decoder();
+    const batched = (await this.batchedDecoder()) ?? (choice === 'batched' ? await this.decoder() : undefined);
+    if (choice === 'batched' && !batched?.batched) {
+      throw modelError(`${this.dir}: no batched decoder (manifest "batchedDecoder", or a decoder with a dynamic batch); convert the model with 'sam models convert' or drop --decoder batched`);
+    }
+    return batched ?? this.decoder();
+  }
 }
+
+/** Which decoder `sam auto` uses: see SamModel.amgDecoder. */
+export type DecoderChoice = 'auto' | 'single' | 'batched';
 
 function parseManifest(path: string, text: string): ModelManifest {
   let json: unknown;
