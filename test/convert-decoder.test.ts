@@ -7,15 +7,13 @@
  * of points N: padding a shorter prompt with (0,0)/−1 points adds not_a_point_embed tokens that the
  * transformer attends to, so it would change that prompt's result in the official model too.
  */
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { buildSamDecoder } from '../src/convert/sam-decoder.js';
-import { decodeNpyFloat32 } from '../src/engine/npy.js';
-import { loadGolden, sharedDir } from './helpers/golden.js';
+import { absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
 
 interface GoldenCase {
   decoder_point_coords_1024: number[][];
@@ -39,25 +37,6 @@ const BATCHES: readonly (readonly CaseName[])[] = [
 const M = 4;
 const LOW = 256 * 256;
 
-const goldenDir = (): string => path.join(sharedDir(), 'golden', 'convert');
-function npy(name: string): { data: Float32Array; shape: number[] } {
-  const file = path.join(goldenDir(), name);
-  const arr = decodeNpyFloat32(readFileSync(file));
-  if (!arr) throw new Error(`${file}: not a float32 .npy`);
-  return arr;
-}
-
-function errors(got: Float32Array, want: Float32Array): { max: number; mean: number } {
-  expect(got.length).toBe(want.length);
-  let max = 0;
-  let sum = 0;
-  for (let i = 0; i < got.length; i++) {
-    const e = Math.abs(got[i] - want[i]);
-    sum += e;
-    if (e > max) max = e;
-  }
-  return { max, mean: sum / got.length };
-}
 
 const fmt = (e: { max: number; mean: number }): string => `max ${e.max.toExponential(2)} mean ${e.mean.toExponential(2)}`;
 
@@ -127,12 +106,12 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
 
   beforeAll(async () => {
     golden = loadGolden<ConvertGolden>('convert/convert-golden.json');
-    sd = await loadStateDict(path.join(goldenDir(), 'vit_t-random.pth'));
-    const emb = npy('vit_t-random.dog.image_embeddings.npy');
+    sd = await loadStateDict(convertGoldenPath('vit_t-random.pth'));
+    const emb = readGoldenNpy('vit_t-random.dog.image_embeddings.npy');
     expect(emb.shape).toEqual([1, 256, 64, 64]);
     embeddings = new ort.Tensor('float32', emb.data, [1, 256, 64, 64]);
     for (const name of CASES) {
-      const low = npy(`vit_t-random.dog.${name}.low_res_masks.npy`);
+      const low = readGoldenNpy(`vit_t-random.dog.${name}.low_res_masks.npy`);
       expect(low.shape).toEqual([1, M, 256, 256]);
       lowResGolden.set(name, low.data);
     }
@@ -183,8 +162,8 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
     const origSize = golden.orig_size;
     for (const name of CASES) {
       const out = await single.run(feeds(embeddings, [prompts.get(name)!], origSize));
-      const low = errors(out.low_res_masks.data as Float32Array, lowResGolden.get(name)!);
-      const iou = errors(out.iou_predictions.data as Float32Array, Float32Array.from(golden.cases[name].iou_predictions.flat()));
+      const low = absErrors(out.low_res_masks.data as Float32Array, lowResGolden.get(name)!);
+      const iou = absErrors(out.iou_predictions.data as Float32Array, Float32Array.from(golden.cases[name].iou_predictions.flat()));
       expect(out.masks.dims).toEqual([1, M, origSize[0], origSize[1]]);
       const got = areas(out.masks.data as Float32Array, M);
       const want = golden.cases[name].mask_area_at_orig_size;
@@ -197,9 +176,9 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
       // logits within ~1e-5 of the reference can flip pixels sitting at exactly 0
       expect(areaDiff).toBeLessThanOrEqual(8);
       if (name === 'point') {
-        const ref = npy('vit_t-random.dog.point.masks.npy');
+        const ref = readGoldenNpy('vit_t-random.dog.point.masks.npy');
         expect(ref.shape).toEqual([1, M, origSize[0], origSize[1]]);
-        const up = errors(out.masks.data as Float32Array, ref.data);
+        const up = absErrors(out.masks.data as Float32Array, ref.data);
         console.log(`single  point            masks (upscaled to ${origSize.join('×')}) ${fmt(up)}`);
         expect(up.max).toBeLessThanOrEqual(1e-3);
         expect(up.mean).toBeLessThanOrEqual(1e-4);
@@ -222,8 +201,8 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
       batch.forEach((name, i) => {
         const lowRes = (out.low_res_masks.data as Float32Array).subarray(i * M * LOW, (i + 1) * M * LOW);
         const iouPred = (out.iou_predictions.data as Float32Array).subarray(i * M, (i + 1) * M);
-        const low = errors(lowRes, lowResGolden.get(name)!);
-        const iou = errors(iouPred, Float32Array.from(golden.cases[name].iou_predictions.flat()));
+        const low = absErrors(lowRes, lowResGolden.get(name)!);
+        const iou = absErrors(iouPred, Float32Array.from(golden.cases[name].iou_predictions.flat()));
         const got = areas((out.masks.data as Float32Array).subarray(i * M * hw, (i + 1) * M * hw), M);
         const want = golden.cases[name].mask_area_at_orig_size;
         const areaDiff = Math.max(...got.map((a, j) => Math.abs(a - want[j])));
@@ -282,7 +261,7 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
     const b = await batchedLowRes.run(feeds(embeddings, grid));
     for (const i of [0, 27, 63]) {
       const s = await single.run(feeds(embeddings, [grid[i]], origSize), ['low_res_masks']);
-      const e = errors((b.low_res_masks.data as Float32Array).subarray(i * M * LOW, (i + 1) * M * LOW), s.low_res_masks.data as Float32Array);
+      const e = absErrors((b.low_res_masks.data as Float32Array).subarray(i * M * LOW, (i + 1) * M * LOW), s.low_res_masks.data as Float32Array);
       expect(e.max).toBeLessThanOrEqual(1e-4);
     }
   });

@@ -9,27 +9,18 @@
  * initial value: it is reproduced with `attentionBiases: 'zeros'`. The default graph adds the
  * checkpoint's biases; its bias tables are checked structurally (one forward pass keeps this lean).
  */
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { attentionBiasIdxs, buildTinyVitEncoder } from '../src/convert/tinyvit-encoder.js';
-import { decodeNpyFloat32 } from '../src/engine/npy.js';
-import { sharedDir } from './helpers/golden.js';
+import { absErrors, convertGoldenPath, readGoldenNpy } from './helpers/golden.js';
 
-const goldenDir = (): string => path.join(sharedDir(), 'golden', 'convert');
-function npy(name: string): { data: Float32Array; shape: number[] } {
-  const file = path.join(goldenDir(), name);
-  const arr = decodeNpyFloat32(readFileSync(file));
-  if (!arr) throw new Error(`${file}: not a float32 .npy`);
-  return arr;
-}
 
 let sd: StateDict;
 
 beforeAll(async () => {
-  sd = await loadStateDict(path.join(goldenDir(), 'vit_t-random.pth'));
+  sd = await loadStateDict(convertGoldenPath('vit_t-random.pth'));
 });
 
 describe('TinyViT encoder (vit_t)', () => {
@@ -44,8 +35,8 @@ describe('TinyViT encoder (vit_t)', () => {
     expect(session.inputNames).toEqual(['image']);
     expect(session.outputNames).toEqual(['image_embeddings']);
 
-    const input = npy('dog.preprocessed_input.npy');
-    const want = npy('vit_t-random.dog.image_embeddings.npy');
+    const input = readGoldenNpy('dog.preprocessed_input.npy');
+    const want = readGoldenNpy('vit_t-random.dog.image_embeddings.npy');
     expect(input.shape).toEqual([1, 3, 1024, 1024]);
     t = performance.now();
     const out = await session.run({ image: new ort.Tensor('float32', input.data, input.shape) });
@@ -56,14 +47,7 @@ describe('TinyViT encoder (vit_t)', () => {
     expect(got.dims).toEqual([1, 256, 64, 64]);
     expect(want.shape).toEqual([1, 256, 64, 64]);
     const g = got.data as Float32Array;
-    let max = 0;
-    let sum = 0;
-    for (let i = 0; i < g.length; i++) {
-      const d = Math.abs(g[i] - want.data[i]);
-      if (!(d <= max)) max = d; // NaN propagates into max
-      sum += d;
-    }
-    const mean = sum / g.length;
+    const { max, mean } = absErrors(g, want.data);
     console.log(
       `vit_t encoder: max abs ${max.toExponential(3)}, mean abs ${mean.toExponential(3)}; ` +
         `build+serialize ${buildMs.toFixed(0)} ms, ${(bytes.length / 2 ** 20).toFixed(1)} MiB; ` +

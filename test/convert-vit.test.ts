@@ -22,9 +22,8 @@ import {
 } from '../src/convert/configs.js';
 import { GraphBuilder, parseModel, serializeWithExternalData } from '../src/convert/onnx-builder.js';
 import { buildVitEncoder } from '../src/convert/vit-encoder.js';
-import { decodeNpyFloat32 } from '../src/engine/npy.js';
 import { SamError } from '../src/errors.js';
-import { loadGolden, sharedDir } from './helpers/golden.js';
+import { absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
 
 const EXTERNAL = onnxProto.onnx.TensorProto.DataLocation.EXTERNAL;
 
@@ -32,27 +31,6 @@ interface ConvertGolden {
   vit_small_config: VitConfigJson;
 }
 
-function convertFile(name: string): string {
-  return path.join(sharedDir(), 'golden', 'convert', name);
-}
-
-function readNpy(name: string): { data: Float32Array; shape: number[] } {
-  const npy = decodeNpyFloat32(readFileSync(convertFile(name)));
-  if (!npy) throw new Error(`${name} is not a float32 .npy`);
-  return npy;
-}
-
-function errors(actual: Float32Array, expected: Float32Array): { max: number; mean: number } {
-  expect(actual.length).toBe(expected.length);
-  let max = 0;
-  let sum = 0;
-  for (let i = 0; i < actual.length; i++) {
-    const d = Math.abs(actual[i] - expected[i]);
-    if (!(d <= max)) max = d; // NaN propagates as a failure
-    sum += d;
-  }
-  return { max, mean: sum / actual.length };
-}
 
 /** A state dict holding only shapes (detection reads nothing else). */
 function shapeOnly(entries: Record<string, number[]>): StateDict {
@@ -94,7 +72,7 @@ describe('ViT image encoder (small random ViT, official PyTorch output)', () => 
   let cfg: VitConfig;
 
   beforeAll(async () => {
-    sd = await loadStateDict(convertFile('vit-small-random.image_encoder.pth'));
+    sd = await loadStateDict(convertGoldenPath('vit-small-random.image_encoder.pth'));
     cfg = vitConfigFromGolden(loadGolden<ConvertGolden>('convert/convert-golden.json').vit_small_config);
   });
 
@@ -116,16 +94,16 @@ describe('ViT image encoder (small random ViT, official PyTorch output)', () => 
     expect(s.inputNames).toEqual(['image']);
     expect(s.outputNames).toEqual(['image_embeddings']);
 
-    const input = readNpy('dog.preprocessed_input.npy');
+    const input = readGoldenNpy('dog.preprocessed_input.npy');
     expect(input.shape).toEqual([1, 3, 1024, 1024]);
     t = performance.now();
     const out = await s.run({ image: new ort.Tensor('float32', input.data, input.shape) });
     const runMs = performance.now() - t;
 
-    const expected = readNpy('vit-small-random.dog.image_embeddings.npy');
+    const expected = readGoldenNpy('vit-small-random.dog.image_embeddings.npy');
     const y = out.image_embeddings;
     expect(y.dims).toEqual([1, 256, 64, 64]);
-    const { max, mean } = errors(y.data as Float32Array, expected.data);
+    const { max, mean } = absErrors(y.data as Float32Array, expected.data);
     console.log(
       `vit-small encoder: max abs error ${max.toExponential(3)}, mean ${mean.toExponential(3)}; ` +
         `build ${buildMs.toFixed(0)} ms, write ${writeMs.toFixed(0)} ms (${written.modelBytes} + ${written.dataBytes} bytes), ` +
