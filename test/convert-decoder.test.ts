@@ -8,7 +8,6 @@
  * transformer attends to, so it would change that prompt's result in the official model too.
  */
 import { availableParallelism } from 'node:os';
-import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';

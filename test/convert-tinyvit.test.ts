@@ -9,7 +9,6 @@
  * initial value: it is reproduced with `attentionBiases: 'zeros'`. The default graph adds the
  * checkpoint's biases; its bias tables are checked structurally (one forward pass keeps this lean).
  */
-import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
