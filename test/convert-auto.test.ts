@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRle } from '../src/amg/rle.js';
 import type { CocoRle, MaskRecord } from '../src/amg/types.js';
 import { maskIou, runSam, tempDir } from './helpers/cli.js';
-import { sharedDir } from './helpers/golden.js';
+import { absErrors, convertGoldenPath, readGoldenNpy, sharedDir } from './helpers/golden.js';
 
 /**
  * A model converted from the golden MobileSAM checkpoint (random weights) through the CLI, then
@@ -54,5 +55,35 @@ describe('sam auto on a converted vit_t model', () => {
     const doc = JSON.parse(readFileSync(out, 'utf8')) as { size: number[]; masks: unknown[] };
     expect(doc.size).toEqual([534, 800]);
     expect(doc.masks).toHaveLength(3);
+  });
+
+  it('with --attention-biases zeros, the converted files reproduce the official embedding and low-res masks', async () => {
+    const quirk = join(tmp.dir, 'vit_t-zero-biases');
+    const r = await runSam(['models', 'convert', convertGoldenPath('vit_t-random.pth'), '--out', quirk, '--attention-biases', 'zeros', '-q']);
+    expect(r.code).toBe(0);
+    const ids = [modelDir, quirk].map((d) => (JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8')) as { id: string }).id);
+    // Different encoders from one checkpoint never share embedding files.
+    expect(ids[1]).not.toBe(ids[0]);
+
+    const input = readGoldenNpy('dog.preprocessed_input.npy');
+    const encoder = await ort.InferenceSession.create(join(quirk, 'encoder.onnx'));
+    const emb = (await encoder.run({ image: new ort.Tensor('float32', input.data, input.shape) })).image_embeddings;
+    const e = absErrors(emb.data as Float32Array, readGoldenNpy('vit_t-random.dog.image_embeddings.npy').data);
+    console.log(`CLI-converted vit_t encoder vs official: max ${e.max.toExponential(2)}, mean ${e.mean.toExponential(2)}`);
+    expect(e.max).toBeLessThanOrEqual(1e-3);
+    expect(e.mean).toBeLessThanOrEqual(1e-4);
+
+    const decoder = await ort.InferenceSession.create(join(quirk, 'decoder.onnx'));
+    const out = await decoder.run({
+      image_embeddings: emb,
+      point_coords: new ort.Tensor('float32', Float32Array.from([512.0, 320.2247314453125, 0, 0]), [1, 2, 2]),
+      point_labels: new ort.Tensor('float32', Float32Array.from([1, -1]), [1, 2]),
+      mask_input: new ort.Tensor('float32', new Float32Array(256 * 256), [1, 1, 256, 256]),
+      has_mask_input: new ort.Tensor('float32', Float32Array.from([0]), [1]),
+      orig_im_size: new ort.Tensor('float32', Float32Array.from([534, 800]), [2]),
+    });
+    const d = absErrors(out.low_res_masks.data as Float32Array, readGoldenNpy('vit_t-random.dog.point.low_res_masks.npy').data);
+    expect(d.max).toBeLessThanOrEqual(1e-3);
+    expect(d.mean).toBeLessThanOrEqual(1e-4);
   });
 });

@@ -263,6 +263,7 @@ interface ConvertOptions {
   out: string;
   force?: boolean;
   quiet?: boolean;
+  attentionBiases: 'checkpoint' | 'zeros';
 }
 
 /** Every failure throws (exit.ts maps it); success is exit 0, so setExit is not needed here. */
@@ -371,6 +372,11 @@ export function registerModels(program: Command): void {
     .addOption(new Option('--type <type>', 'model type (default: detected from the tensor shapes)').choices([...SAM_MODEL_TYPES]))
     .requiredOption('-o, --out <dir>', 'output model folder (encoder.onnx, decoder.onnx, decoder_batched.onnx, manifest.json)')
     .option('-f, --force', 'replace an existing model folder at --out')
+    .addOption(
+      new Option('--attention-biases <which>', "vit_t: 'zeros' reproduces MobileSAM built without a later .eval() (TinyViT then ignores its trained attention biases)")
+        .choices(['checkpoint', 'zeros'])
+        .default('checkpoint'),
+    )
     .option('-q, --quiet', 'no progress output')
     .addHelpText(
       'after',
@@ -387,7 +393,7 @@ export function registerModels(program: Command): void {
     .action(async (checkpoint: string, opts: ConvertOptions) => {
       const quiet = opts.quiet ?? false;
       const { convertCheckpoint } = await loadConverter();
-      const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet) });
+      const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet), attentionBiases: opts.attentionBiases });
       if (!quiet) {
         const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
         process.stderr.write(`sam: converted ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);

@@ -63,6 +63,11 @@ export interface ConvertOptions {
   checkpointSha256?: string;
   /** Models whose initializers exceed this many bytes store them in `<file>.data` (protobuf's 2 GiB limit). */
   externalDataThreshold?: number;
+  /**
+   * vit_t only: 'zeros' reproduces MobileSAM's build_sam_vit_t without a later .eval(), which
+   * runs TinyViT with zero attention biases (README "Design notes"); default 'checkpoint'.
+   */
+  attentionBiases?: 'checkpoint' | 'zeros';
 }
 
 export interface ConvertResult {
@@ -147,6 +152,10 @@ export async function convertCheckpoint(
       : timed('hash checkpoint', () => sha256OfFile(ckpt)),
   ]);
   const modelType = resolveType(sd, type, ckptName);
+  if (opts.attentionBiases === 'zeros' && modelType !== 'vit_t') {
+    throw new SamError('usage', `--attention-biases applies to vit_t (MobileSAM) checkpoints only; ${ckptName} is ${modelType}: drop the option`);
+  }
+  const zeroBiases = opts.attentionBiases === 'zeros';
 
   // Leftovers of a killed conversion into the same folder.
   await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
@@ -173,7 +182,7 @@ export async function convertCheckpoint(
     await graph(
       'encoder',
       FILES.encoder,
-      () => (modelType === 'vit_t' ? buildTinyVitEncoder(sd) : buildVitEncoder(sd, VIT_CONFIGS[modelType])),
+      () => (modelType === 'vit_t' ? buildTinyVitEncoder(sd, 'image_encoder.', { attentionBiases: opts.attentionBiases }) : buildVitEncoder(sd, VIT_CONFIGS[modelType])),
       `SAM ${modelType} image encoder from ${ckptName}`,
     );
     await graph('decoder', FILES.decoder, () => buildSamDecoder(sd, { batched: false, upscale: true }), `SAM ${modelType} decoder from ${ckptName}`);
@@ -194,13 +203,14 @@ export async function convertCheckpoint(
     });
     manifest = {
       format: MODEL_FORMAT,
-      id: `${modelType}-${source.sha256.slice(0, 12)}`,
+      // A different encoder from the same checkpoint must not share embeddings: its own id.
+      id: `${modelType}-${source.sha256.slice(0, 12)}${zeroBiases ? '-zero-attention-biases' : ''}`,
       type: modelType,
       encoder: FILES.encoder,
       decoder: FILES.decoder,
       decoderBatched: false,
       batchedDecoder: FILES.batchedDecoder,
-      description: `SAM ${modelType} converted from ${ckptName} by sam models convert`,
+      description: `SAM ${modelType} converted from ${ckptName} by sam models convert${zeroBiases ? ' (TinyViT attention biases zeroed)' : ''}`,
       files,
       source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
       converter: { name: 'sam-cli', version: packageVersion() },
