@@ -4,13 +4,12 @@
  * with every file's sha256. Everything is written into a temp folder next to `outDir` and renamed
  * into place at the end, so a failed or interrupted conversion leaves no half-written model.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { SamError, modelError } from '../errors.js';
 import { loadStateDict, type StateDict } from './checkpoint.js';
 import { SAM_MODEL_TYPES, VIT_CONFIGS, checkConfigMatches, detectModelType, type SamModelType } from './configs.js';
+import { sha256File } from '../engine/fsutil.js';
 import { packageVersion } from '../engine/model-store.js';
 import { produceDirAtomic, removeStaleTemps } from '../engine/tempfiles.js';
 import { serializeModel, serializeWithExternalData, type GraphBuilder, type ModelProto } from './onnx-builder.js';
@@ -82,13 +81,8 @@ export interface ConvertResult {
 const EXTERNAL_DATA_THRESHOLD = 1.5 * 1024 ** 3;
 
 async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) {
-    hash.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
-  }
-  return { sha256: hash.digest('hex'), bytes };
+  const [sha256, info] = await Promise.all([sha256File(path), stat(path)]);
+  return { sha256, bytes: info.size };
 }
 
 function initializerBytes(model: ModelProto): number {

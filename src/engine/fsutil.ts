@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { mkdir, rename, rm, open } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 
@@ -38,3 +39,9 @@ export async function produceFileAtomic(path: string, produce: (tmpPath: string)
   }
 }
 
+/** SHA-256 (hex) of a file, streamed in 4 MiB chunks so multi-GB checkpoints cost no memory. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}

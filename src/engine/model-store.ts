@@ -6,14 +6,14 @@
  * converted model folders (manifest.json + .onnx files), `<cache>/checksums.json` for hashes
  * recorded on first download of files the registry has no published checksum for.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SamError, modelError, usageError } from '../errors.js';
-import { writeFileAtomic } from './fsutil.js';
+import { sha256File, writeFileAtomic } from './fsutil.js';
 
 export interface RegistryEntry {
   name: string;
@@ -214,10 +214,7 @@ async function recordChecksum(entry: RegistryEntry, sha256: string, size: number
 // ---------------------------------------------------------------------------------------------
 // Download.
 
-export async function sha256File(path: string, hash: Hash = createHash('sha256')): Promise<string> {
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
+export { sha256File };
 
 export interface DownloadEvents {
   /** Response received: `total` bytes expected (undefined when the server does not say), `from` already on disk. */

@@ -1,10 +1,9 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { modelError } from '../errors.js';
+import { sha256File } from './fsutil.js';
 import { resolveModelArg } from './model-store.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
@@ -255,7 +254,7 @@ export class SamModel {
 
   /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */
   id(): Promise<string> {
-    this.idP ??= this.manifest ? Promise.resolve(this.manifest.id) : hashFile(this.encoderPath).then((h) => `sha256:${h.slice(0, 16)}`);
+    this.idP ??= this.manifest ? Promise.resolve(this.manifest.id) : sha256File(this.encoderPath).then((h) => `sha256:${h.slice(0, 16)}`);
     return this.idP;
   }
 
@@ -349,10 +348,4 @@ async function autodetect(dir: string, options: SessionOptions): Promise<{ encod
     );
   }
   return { encoder: join(dir, encoders[0]), decoder: join(dir, decoders[0]) };
-}
-
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
