@@ -8,6 +8,7 @@
  * sibling folder (`<model>-batched`, as the fixture's oracle-batched), the same images are run
  * with the single-prompt decoder too and the decoders compared.
  */
+import { table } from '../src/util/format.js';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,9 +17,9 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { generateFixtures } from '../fixtures/generate.js';
 import { AMG_DEFAULTS } from '../src/amg/generator.js';
-import { STAGES, StageTimes, type Stage } from '../src/amg/timings.js';
-import { autoImage, autoSetup } from '../src/engine/auto.js';
-import { collectInputs, type InputImage } from '../src/engine/inputs.js';
+import { STAGES, StageTimes, type Stage } from '../src/core/timings.js';
+import { autoImage, autoSetup } from '../src/pipeline/auto.js';
+import { collectInputs, type InputImage } from '../src/io/inputs.js';
 import { SamModel, type DecoderChoice } from '../src/engine/model.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -76,10 +77,8 @@ const LABELS: Record<Stage, string> = {
   write: 'write',
 };
 
-function table(rows: string[][]): string {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows.map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
-}
+/** Numbers right-aligned: every column but the first. */
+const numTable = (rows: string[][]): string => table(rows, { right: rows[0].map((_, i) => i).filter((i) => i > 0) });
 
 const ms = (v: number): string => v.toFixed(0);
 
@@ -105,9 +104,9 @@ async function main(): Promise<void> {
   for (const s of STAGES) rows.push([LABELS[s], ms(main.times.ms[s]), ((100 * main.times.ms[s]) / main.wallMs).toFixed(1)]);
   rows.push(['other (untimed)', ms(main.wallMs - staged), ((100 * (main.wallMs - staged)) / main.wallMs).toFixed(1)]);
   rows.push(['wall', ms(main.wallMs), '100.0']);
-  process.stdout.write(`${table(rows)}\n\n`);
+  process.stdout.write(`${numTable(rows)}\n\n`);
   process.stdout.write(
-    `${table([
+    `${numTable([
       ['images/s', (main.images / (main.wallMs / 1000)).toFixed(3)],
       ['masks', String(main.masks)],
       ['peak RSS (MB)', main.peakRssMb.toFixed(0)],
@@ -127,7 +126,7 @@ async function main(): Promise<void> {
     for (const [label, r] of [['single', single], ['batched', batched]] as const) {
       cmp.push([label, ms(r.times.ms.decoder), ms(r.wallMs), (r.images / (r.wallMs / 1000)).toFixed(3), String(r.masks), r.peakRssMb.toFixed(0)]);
     }
-    process.stdout.write(`${table(cmp)}\n`);
+    process.stdout.write(`${numTable(cmp)}\n`);
     process.stdout.write(`decoder-stage speed-up of batched over single: ${(single.times.ms.decoder / batched.times.ms.decoder).toFixed(2)}x\n`);
   }
 }

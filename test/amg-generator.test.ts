@@ -5,11 +5,12 @@
 import { describe, expect, it } from 'vitest';
 import { AMG_DEFAULTS, SamAutomaticMaskGenerator, type AmgOptions } from '../src/amg/generator.js';
 import { buildPointGrid } from '../src/amg/grid.js';
-import { createUpscaler } from '../src/amg/postprocess.js';
-import { decodeRle } from '../src/amg/rle.js';
-import { getPreprocessShape } from '../src/amg/transforms.js';
-import type { AmgPredictor, BoxXyxy, Size } from '../src/amg/types.js';
-import { maskLogitStats } from '../src/amg/masks.js';
+import { createUpscaler } from '../src/core/upscale.js';
+import { decodeRle } from '../src/core/rle.js';
+import { getPreprocessShape } from '../src/core/transforms.js';
+import type { AmgPredictor } from '../src/amg/predictor.js';
+import type { BoxXyxy, Size } from '../src/core/types.js';
+import { maskLogitStats } from '../src/core/masks.js';
 
 interface Disc {
   cx: number;

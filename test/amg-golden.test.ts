@@ -3,30 +3,13 @@
  * (../shared/golden/amg-golden.json): floats to 1e-4, everything else exact.
  */
 import { describe, expect, it } from 'vitest';
-import {
-  applyBoxes,
-  applyCoords,
-  batchedMaskToBox,
-  batchedNms,
-  buildAllLayerPointGrids,
-  buildPointGrid,
-  calculateStabilityScore,
-  createUpscaler,
-  decodeRle,
-  encodeMask,
-  generateCropBoxes,
-  getPreprocessShape,
-  isBoxNearCropEdge,
-  maskLogitStats,
-  maskToBox,
-  maskToRleUncompressed,
-  postprocessMasksReference,
-  removeSmallRegions,
-  rleArea,
-  rleFromString,
-  rleToString,
-} from '../src/amg/index.js';
-import type { BinaryMask, BoxXyxy, Size } from '../src/amg/index.js';
+import { buildAllLayerPointGrids, buildPointGrid, generateCropBoxes } from '../src/amg/grid.js';
+import { batchedMaskToBox, calculateStabilityScore, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions } from '../src/core/masks.js';
+import { batchedNms } from '../src/core/nms.js';
+import { decodeRle, encodeMask, maskToRleUncompressed, rleArea, rleFromString, rleToString } from '../src/core/rle.js';
+import { applyBoxes, applyCoords, getPreprocessShape } from '../src/core/transforms.js';
+import { createUpscaler, postprocessMasksReference } from '../src/core/upscale.js';
+import type { BinaryMask, BoxXyxy, Size } from '../src/core/types.js';
 import { loadGolden } from './helpers/golden.js';
 
 type Pt = [number, number];

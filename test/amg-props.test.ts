@@ -2,33 +2,11 @@
  * Property and corner-case tests of src/amg beyond the golden data.
  */
 import { describe, expect, it } from 'vitest';
-import {
-  batchedMaskToBox,
-  batchedNms,
-  calculateStabilityScore,
-  cocoToUncompressed,
-  createUpscaler,
-  decodeRle,
-  encodeMask,
-  encodeMaskInCrop,
-  isBoxNearCropEdge,
-  maskLogitStats,
-  maskToBox,
-  maskToRleUncompressed,
-  maskToRleUncompressedInCrop,
-  nms,
-  postprocessMasksReference,
-  removeSmallRegions,
-  rleArea,
-  rleFromString,
-  rleToBbox,
-  rleToString,
-  uncompressedToCoco,
-  uncropBoxesXyxy,
-  uncropPoints,
-  boxXyxyToXywh,
-} from '../src/amg/index.js';
-import type { BinaryMask, BoxXyxy } from '../src/amg/index.js';
+import { batchedMaskToBox, boxXyxyToXywh, calculateStabilityScore, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../src/core/masks.js';
+import { batchedNms, nms } from '../src/core/nms.js';
+import { cocoToUncompressed, decodeRle, encodeMask, encodeMaskInCrop, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea, rleFromString, rleToBbox, rleToString, uncompressedToCoco } from '../src/core/rle.js';
+import { createUpscaler, postprocessMasksReference } from '../src/core/upscale.js';
+import type { BinaryMask, BoxXyxy } from '../src/core/types.js';
 
 /** Deterministic PRNG (mulberry32) so failures reproduce. */
 function rng(seed: number): () => number {

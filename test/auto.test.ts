@@ -8,9 +8,9 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeScene, PALETTE, type Scene } from '../fixtures/synthetic.js';
-import { decodeRle, rleToString } from '../src/amg/rle.js';
-import type { CocoRle, MaskRecord, UncompressedRle } from '../src/amg/types.js';
-import { METADATA_HEADER } from '../src/engine/amg-output.js';
+import { decodeRle, rleToString } from '../src/core/rle.js';
+import type { CocoRle, MaskRecord, UncompressedRle } from '../src/core/types.js';
+import { METADATA_HEADER } from '../src/output/records.js';
 import { fixtureImage, fixtureModel, maskIou, runSam, SAM_BIN, tempDir, type CliResult } from './helpers/cli.js';
 
 const MODEL = fixtureModel('oracle');

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type CheckpointTensor, type StateDict } from '../src/convert/checkpoint.js';
-import { SamError } from '../src/errors.js';
+import { SamError } from '../src/util/errors.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'shared', 'golden', 'convert');
 const VIT_T = join(GOLDEN, 'vit_t-random.pth');

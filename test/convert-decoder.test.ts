@@ -2,7 +2,7 @@
  * The converted prompt encoder + mask decoder against the official PyTorch outputs
  * (../shared/golden/convert: MobileSAM vit_t with random weights, image dog.jpg).
  *
- * Bar (issue 4): low_res_masks and iou_predictions to max abs ≤ 1e-3, mean ≤ 1e-4, for the
+ * Bar: low_res_masks and iou_predictions within TOL (test/helpers/golden.ts: ~10x what is reached), for the
  * single-call decoder and the batched decoder alike. A batch only mixes cases with the same number
  * of points N: padding a shorter prompt with (0,0)/−1 points adds not_a_point_embed tokens that the
  * transformer attends to, so it would change that prompt's result in the official model too.
@@ -12,7 +12,7 @@ import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { buildSamDecoder } from '../src/convert/sam-decoder.js';
-import { absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
+import { TOL, absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
 
 interface GoldenCase {
   decoder_point_coords_1024: number[][];
@@ -157,7 +157,7 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
     expect(batchedLowRes.outputNames).toEqual(['iou_predictions', 'low_res_masks']);
   });
 
-  it('single-call decoder: every case within 1e-3 max / 1e-4 mean, mask areas at the original size', async () => {
+  it('single-call decoder: every case within TOL (golden.ts), mask areas at the original size', async () => {
     const origSize = golden.orig_size;
     for (const name of CASES) {
       const out = await single.run(feeds(embeddings, [prompts.get(name)!], origSize));
@@ -168,10 +168,10 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
       const want = golden.cases[name].mask_area_at_orig_size;
       const areaDiff = Math.max(...got.map((a, i) => Math.abs(a - want[i])));
       console.log(`single  ${name.padEnd(16)} low_res ${fmt(low)} | iou ${fmt(iou)} | area Δ ≤ ${areaDiff} px`);
-      expect(low.max).toBeLessThanOrEqual(1e-3);
-      expect(low.mean).toBeLessThanOrEqual(1e-4);
-      expect(iou.max).toBeLessThanOrEqual(1e-3);
-      expect(iou.mean).toBeLessThanOrEqual(1e-4);
+      expect(low.max).toBeLessThanOrEqual(TOL.decoderLogits.max);
+      expect(low.mean).toBeLessThanOrEqual(TOL.decoderLogits.mean);
+      expect(iou.max).toBeLessThanOrEqual(TOL.decoderIou.max);
+      expect(iou.mean).toBeLessThanOrEqual(TOL.decoderIou.mean);
       // logits within ~1e-5 of the reference can flip pixels sitting at exactly 0
       expect(areaDiff).toBeLessThanOrEqual(8);
       if (name === 'point') {
@@ -179,8 +179,8 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
         expect(ref.shape).toEqual([1, M, origSize[0], origSize[1]]);
         const up = absErrors(out.masks.data as Float32Array, ref.data);
         console.log(`single  point            masks (upscaled to ${origSize.join('×')}) ${fmt(up)}`);
-        expect(up.max).toBeLessThanOrEqual(1e-3);
-        expect(up.mean).toBeLessThanOrEqual(1e-4);
+        expect(up.max).toBeLessThanOrEqual(TOL.upscaledLogits.max);
+        expect(up.mean).toBeLessThanOrEqual(TOL.upscaledLogits.mean);
       }
     }
   });
@@ -206,10 +206,10 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
         const want = golden.cases[name].mask_area_at_orig_size;
         const areaDiff = Math.max(...got.map((a, j) => Math.abs(a - want[j])));
         console.log(`batched ${name.padEnd(16)} (B=${b}, row ${i}) low_res ${fmt(low)} | iou ${fmt(iou)} | area Δ ≤ ${areaDiff} px`);
-        expect(low.max).toBeLessThanOrEqual(1e-3);
-        expect(low.mean).toBeLessThanOrEqual(1e-4);
-        expect(iou.max).toBeLessThanOrEqual(1e-3);
-        expect(iou.mean).toBeLessThanOrEqual(1e-4);
+        expect(low.max).toBeLessThanOrEqual(TOL.decoderLogits.max);
+        expect(low.mean).toBeLessThanOrEqual(TOL.decoderLogits.mean);
+        expect(iou.max).toBeLessThanOrEqual(TOL.decoderIou.max);
+        expect(iou.mean).toBeLessThanOrEqual(TOL.decoderIou.mean);
         expect(areaDiff).toBeLessThanOrEqual(8);
       });
     }
@@ -223,8 +223,7 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
     expect(() => buildSamDecoder(sd, { batched: false }, 'model.')).toThrow(/no 'model\.prompt_encoder\./);
   });
 
-  it('throughput: 64 prompts as 64 single calls vs one B=64 call', async () => {
-    const origSize = golden.orig_size;
+  it('a batch of 64 grid prompts gives each prompt its single-call result', async () => {
     // an 8×8 grid of foreground points (automatic mask generation's prompts) plus the padding point
     const grid: Prompt[] = [];
     for (let i = 0; i < 64; i++) {
@@ -232,36 +231,12 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
       const y = (Math.floor(i / 8) + 0.5) * (683 / 8);
       grid.push({ coords: Float32Array.from([x, y, 0, 0]), labels: Float32Array.from([1, -1]) });
     }
-    // best of two timed runs after a warm-up (allocations, kernel selection): the machine is shared
-    const time = async (f: () => Promise<unknown>): Promise<number> => {
-      await f();
-      let best = Infinity;
-      for (let i = 0; i < 2; i++) {
-        const t0 = performance.now();
-        await f();
-        best = Math.min(best, performance.now() - t0);
-      }
-      return best;
-    };
-    const singles = (s: ort.InferenceSession, fetch: readonly string[], size?: readonly number[]) => async () => {
-      for (const p of grid) await s.run(feeds(embeddings, [p], size), fetch);
-    };
-    const rows: [string, number][] = [
-      ['64 × single, masks + low_res', await time(singles(single, ['masks', 'iou_predictions', 'low_res_masks'], origSize))],
-      // onnxruntime still runs the upscaling nodes when `masks` is not fetched
-      ['64 × single, low_res fetched', await time(singles(single, ['iou_predictions', 'low_res_masks'], origSize))],
-      ['64 × B=1, no-upscale graph', await time(singles(batchedLowRes, ['iou_predictions', 'low_res_masks']))],
-      ['1 × B=64, masks + low_res', await time(() => batched.run(feeds(embeddings, grid, origSize)))],
-      ['1 × B=64, no-upscale graph', await time(() => batchedLowRes.run(feeds(embeddings, grid)))],
-    ];
-    for (const [what, ms] of rows) console.log(`throughput ${what.padEnd(30)} ${ms.toFixed(0).padStart(6)} ms  (${(ms / 64).toFixed(1)} ms/prompt)`);
-
-    // the batch gives each prompt its single-call result
+    // Timings of single vs batched calls are the bench's job (npm run bench), not a test's.
     const b = await batchedLowRes.run(feeds(embeddings, grid));
-    for (const i of [0, 27, 63]) {
-      const s = await single.run(feeds(embeddings, [grid[i]], origSize), ['low_res_masks']);
+    for (let i = 0; i < grid.length; i++) {
+      const s = await single.run(feeds(embeddings, [grid[i]], golden.orig_size), ['low_res_masks']);
       const e = absErrors((b.low_res_masks.data as Float32Array).subarray(i * M * LOW, (i + 1) * M * LOW), s.low_res_masks.data as Float32Array);
-      expect(e.max).toBeLessThanOrEqual(1e-4);
+      expect(e.max).toBeLessThanOrEqual(TOL.decoderLogits.max);
     }
   });
 });

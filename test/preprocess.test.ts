@@ -1,23 +1,25 @@
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, cropImage, loadImage, preprocess, resizeLongestSide } from '../src/engine/image.js';
+import { IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, cropImage, loadImage, preprocess, resizeLongestSide } from '../src/io/image.js';
 import { sharedDir } from './helpers/golden.js';
 
 /**
  * The official predictor resizes with PIL (bilinear, antialiased when shrinking). These goldens
- * are PIL's output; sharp cannot be bit-identical, so we bound the mean absolute difference.
- * Reached (printed below): dog 534x800 ≈ 0.11, synthetic 40x60 ≈ 0.19, tall 1500x900 ≈ 0.17.
+ * are PIL's output; sharp cannot be bit-identical, so we bound the mean and the largest absolute
+ * difference in grey levels. Reached (printed below): dog 534x800 mean 0.114 max 1, synthetic
+ * 40x60 mean 0.190 max 1, tall 1500x900 mean 0.167 max 5 (shrinking: libvips' and PIL's
+ * antialiasing kernels differ at sharp edges).
  */
 const CASES = [
-  { name: 'dog-534x800', maxMad: 0.2 },
-  { name: 'synthetic-40x60', maxMad: 0.25 },
-  { name: 'tall-1500x900', maxMad: 0.25 },
+  { name: 'dog-534x800', maxMad: 0.15, maxAbs: 2 },
+  { name: 'synthetic-40x60', maxMad: 0.25, maxAbs: 2 },
+  { name: 'tall-1500x900', maxMad: 0.2, maxAbs: 8 },
 ];
 
 describe('preprocessing against PIL golden images', () => {
-  for (const { name, maxMad } of CASES) {
-    it(`resizes ${name} like PIL (mean abs diff < ${maxMad})`, async () => {
+  for (const { name, maxMad, maxAbs } of CASES) {
+    it(`resizes ${name} like PIL (mean abs diff < ${maxMad}, max ≤ ${maxAbs})`, async () => {
       const dir = join(sharedDir(), 'golden');
       const input = await loadImage(join(dir, `preprocess-${name}.input.png`));
       const ref = await sharp(join(dir, `preprocess-${name}.resized.png`)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
@@ -34,6 +36,7 @@ describe('preprocessing against PIL golden images', () => {
       const mad = sum / out.data.length;
       console.log(`preprocess ${name}: mean abs diff ${mad.toFixed(3)} grey levels, max ${max}`);
       expect(mad).toBeLessThan(maxMad);
+      expect(max).toBeLessThanOrEqual(maxAbs);
     });
   }
 

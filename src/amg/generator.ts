@@ -9,12 +9,13 @@
  *   holds one batch's logits plus RLEs, not a tensor per mask.
  */
 import { buildAllLayerPointGrids, generateCropBoxes } from './grid.js';
-import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions } from './masks.js';
-import { batchedNms } from './nms.js';
-import { createUpscaler } from './postprocess.js';
-import { decodeRle, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea } from './rle.js';
-import { StageTimes } from './timings.js';
-import type { AmgPredictor, BoxXyxy, MaskRecord, Size, UncompressedRle } from './types.js';
+import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions } from '../core/masks.js';
+import { batchedNms } from '../core/nms.js';
+import { createUpscaler } from '../core/upscale.js';
+import { decodeRle, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea } from '../core/rle.js';
+import { StageTimes } from '../core/timings.js';
+import type { BoxXyxy, MaskRecord, Size, UncompressedRle } from '../core/types.js';
+import type { AmgPredictor } from './predictor.js';
 
 export interface AmgOptions {
   /** Points per side of the grid; null when pointGrids is given. */

@@ -3,7 +3,7 @@
  * Reference: segment_anything/utils/amg.py (build_point_grid, build_all_layer_point_grids,
  * generate_crop_boxes), reproducing Python's float and int() arithmetic exactly.
  */
-import type { BoxXyxy, Size } from './types.js';
+import type { BoxXyxy, Size } from '../core/types.js';
 
 /**
  * amg.py build_point_grid: n×n points in [0,1]², offset 1/(2n) from the borders.

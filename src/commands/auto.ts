@@ -1,11 +1,13 @@
 import { availableParallelism } from 'node:os';
 import { Option, type Command } from 'commander';
+import { openModel } from '../hub/resolve.js';
 import { AMG_DEFAULTS } from '../amg/generator.js';
-import { STAGES, StageTimes } from '../amg/timings.js';
-import { SamError, errorMessage, usageError } from '../errors.js';
-import { OUTPUT_MODES, type OutputMode } from '../engine/amg-output.js';
-import { autoImage, autoSetup, cleanStaleOutputs, readPointGrids, writeAutoCoco } from '../engine/auto.js';
-import { collectInputs, type InputImage } from '../engine/inputs.js';
+import { STAGES, StageTimes } from '../core/timings.js';
+import { SamError, errorMessage, usageError } from '../util/errors.js';
+import { OUTPUT_MODES, type OutputMode } from '../output/records.js';
+import { autoImage, autoSetup, cleanStaleOutputs, writeAutoCoco } from '../pipeline/auto.js';
+import { readPointGrids } from '../io/point-grids.js';
+import { collectInputs, type InputImage } from '../io/inputs.js';
 import { SamModel, type DecoderChoice } from '../engine/model.js';
 import { finishBatch, parseFloatOption, parseIntOption, runBatch } from './common.js';
 
@@ -144,7 +146,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
       const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / jobs));
 
       const items = selectShard(await collectInputs(inputs), opts.shard);
-      const model = await SamModel.open(opts.model, { threads });
+      const model = await openModel(opts.model, { threads });
       // Load the sessions now so a bad model fails once, not once per image.
       await model.amgDecoder(opts.decoder);
       if (!opts.embeddings || opts.cropNLayers > 0) await model.encoder();

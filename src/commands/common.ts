@@ -1,7 +1,7 @@
 import pLimit from 'p-limit';
-import { errorMessage, usageError } from '../errors.js';
-import type { InputImage } from '../engine/inputs.js';
-import { EXIT } from './exit.js';
+import { usageError } from '../util/errors.js';
+import type { InputImage } from '../io/inputs.js';
+import { EXIT, describeError, reportStack } from './exit.js';
 import { BatchProgress, type ItemStatus } from './progress.js';
 
 export function parseIntOption(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
@@ -50,7 +50,9 @@ export async function runBatch(
             summary[r.status]++;
             progress.tick(item.key, r.status, r.detail);
           } catch (err) {
-            const message = errorMessage(err);
+            // A bug in one image's path is reported as internal (with its stack under --verbose), not as the image's fault.
+            reportStack(err);
+            const message = describeError(err);
             summary.failed.push({ item, message });
             progress.tick(item.key, 'failed', message);
           }

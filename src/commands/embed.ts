@@ -1,10 +1,10 @@
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { EMBEDDING_FORMAT, writeEmbeddingFile } from '../engine/embedding-file.js';
-import { loadImage } from '../engine/image.js';
-import { collectInputs } from '../engine/inputs.js';
-import { SamModel } from '../engine/model.js';
+import { EMBEDDING_FORMAT, writeEmbeddingFile } from '../io/embedding-file.js';
+import { loadImage } from '../io/image.js';
+import { collectInputs } from '../io/inputs.js';
+import { openModel } from '../hub/resolve.js';
 import { embedImage } from '../engine/predictor.js';
 import { finishBatch, parseIntOption, runBatch } from './common.js';
 
@@ -51,7 +51,7 @@ export function registerEmbed(program: Command, setExit: (code: number) => void)
     .addHelpText('after', '\nExample:\n  sam embed photos/ --model models/sam_vit_b --out embeddings/\n')
     .action(async (inputs: string[], opts: EmbedOptions) => {
       const items = await collectInputs(inputs);
-      const model = await SamModel.open(opts.model, { threads: opts.threads });
+      const model = await openModel(opts.model, { threads: opts.threads });
       await model.encoder();
       const modelId = await model.id();
       const summary = await runBatch(

@@ -1,4 +1,4 @@
-import { SamError, errorMessage } from '../errors.js';
+import { SamError, errorMessage } from '../util/errors.js';
 
 /** Exit codes: the one place they are chosen. Documented in README "Exit codes". */
 export const EXIT = {
@@ -13,16 +13,34 @@ export const EXIT = {
   output: 6,
 } as const;
 
+/** Stacks of internal errors are printed with --verbose or SAM_DEBUG=1. */
+export function debugEnabled(): boolean {
+  return Boolean(process.env.SAM_DEBUG) && process.env.SAM_DEBUG !== '0';
+}
+
 export function exitCodeFor(err: unknown): number {
   if (err instanceof SamError) return EXIT[err.kind];
   return EXIT.internal;
 }
 
-/** Report an error as one line on stderr and return the exit code. */
-export function reportError(err: unknown): number {
-  const code = exitCodeFor(err);
+/**
+ * One line for an error: a SamError's message (problem and fix), or for anything else (a bug)
+ * the message marked as internal with how to get the stack.
+ */
+export function describeError(err: unknown): string {
   const msg = errorMessage(err);
-  process.stderr.write(`sam: error: ${msg}\n`);
-  if (code === EXIT.internal && process.env.SAM_DEBUG) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
-  return code;
+  if (err instanceof SamError) return msg;
+  return `internal error: ${msg}${debugEnabled() ? '' : ' (rerun with --verbose or SAM_DEBUG=1 for the stack, and report it)'}`;
+}
+
+/** Print the stack of an internal error when debugging is on. */
+export function reportStack(err: unknown): void {
+  if (!(err instanceof SamError) && debugEnabled()) process.stderr.write(`${(err instanceof Error && err.stack) || String(err)}\n`);
+}
+
+/** Report an error as one line on stderr (plus the stack of a bug with --verbose) and return the exit code. */
+export function reportError(err: unknown): number {
+  process.stderr.write(`sam: error: ${describeError(err)}\n`);
+  reportStack(err);
+  return exitCodeFor(err);
 }

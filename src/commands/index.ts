@@ -1,22 +1,22 @@
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { packageVersion } from '../util/package.js';
 import { registerAuto } from './auto.js';
 import { registerEmbed } from './embed.js';
 import { registerModels } from './models.js';
 import { EXIT, reportError } from './exit.js';
 import { registerSegment } from './segment.js';
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
-
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('sam')
     .description('Segment Anything (SAM) ONNX models from the command line: embeddings, prompted masks, automatic masks as COCO RLE')
-    .version(version())
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
+    .version(packageVersion())
+    .option('--verbose', 'print the stack of internal errors (same as SAM_DEBUG=1)')
+    // One line per usage error, like every other error: commander's message plus where help is.
+    .configureOutput({ outputError: (str, write) => write(`sam: ${str.trim().replace(/\n+/g, ' ')} (run with --help for usage)\n`) })
+    .exitOverride()
+    .hook('preAction', (cmd) => {
+      if (cmd.opts<{ verbose?: boolean }>().verbose) process.env.SAM_DEBUG = '1';
+    });
   registerEmbed(program, setExit);
   registerSegment(program, setExit);
   registerAuto(program, setExit);

@@ -2,35 +2,14 @@ import { readFile, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
-import * as ort from 'onnxruntime-node';
 import type { ConvertProgress } from '../convert/convert.js';
 import { SAM_MODEL_TYPES, type SamModelType } from '../convert/configs.js';
-import { SamError, errorMessage, modelError } from '../errors.js';
-import {
-  cacheDir,
-  downloadCheckpoint,
-  downloadPath,
-  findRegistryEntry,
-  isConverted,
-  loadRegistry,
-  partialBytes,
-  pulledModelDir,
-  resolveModelArg,
-  sha256File,
-  type DownloadEvents,
-  type DownloadResult,
-  type RegistryEntry,
-} from '../engine/model-store.js';
-import { SamModel } from '../engine/model.js';
-
-const MB = 1e6;
-const fmtBytes = (n: number | null | undefined): string => {
-  if (n === null || n === undefined) return '?';
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
-  if (n >= MB) return `${(n / MB).toFixed(1)} MB`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
-  return `${n} B`;
-};
+import { SamError, errorMessage, modelError } from '../util/errors.js';
+import { cacheDir, downloadPath, isConverted, pulledModelDir } from '../hub/cache.js';
+import { downloadCheckpoint, partialBytes, type DownloadEvents, type DownloadResult } from '../hub/download.js';
+import { findRegistryEntry, loadRegistry, type RegistryEntry } from '../hub/registry.js';
+import { verifyModel } from '../hub/verify.js';
+import { fmtBytes, table } from '../util/format.js';
 
 function isModelType(t: string): t is SamModelType {
   return (SAM_MODEL_TYPES as readonly string[]).includes(t);
@@ -75,7 +54,7 @@ class DownloadProgress implements DownloadEvents {
       return;
     }
     // Without a total: a line per 100 MB.
-    const step = total ? Math.floor((received / total) * 10) : Math.floor(received / (100 * MB));
+    const step = total ? Math.floor((received / total) * 10) : Math.floor(received / (100 * 1e6));
     if (step > this.lastStep) {
       if (this.lastStep >= 0 || received === total) {
         const pct = total ? `${Math.floor((received / total) * 100)}% ` : '';
@@ -139,114 +118,6 @@ async function listModels(): Promise<{ cache: string; registry: string; models: 
     models.push(m);
   }
   return { cache: cacheDir(), registry: reg.source, models };
-}
-
-function table(rows: string[][]): string {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ').trimEnd()).join('\n');
-}
-
-// ---------------------------------------------------------------------------------------------
-// verify
-
-interface Check {
-  ok: boolean;
-  what: string;
-  detail: string;
-}
-
-interface ManifestFiles {
-  format?: string;
-  id?: string;
-  type?: string;
-  encoder?: string;
-  decoder?: string;
-  batchedDecoder?: string;
-  files?: Record<string, { sha256?: string; bytes?: number }>;
-}
-
-async function verifyModel(arg: string, log: (c: Check) => void): Promise<{ dir: string; problems: Check[] }> {
-  const dir = await resolveModelArg(arg);
-  const problems: Check[] = [];
-  const report = (c: Check): void => {
-    log(c);
-    if (!c.ok) problems.push(c);
-  };
-  const info = await stat(dir).catch(() => undefined);
-  if (!info?.isDirectory()) throw modelError(`model folder ${dir} does not exist; pass a model folder or the name of a pulled model`);
-  const manifestPath = join(dir, 'manifest.json');
-  const text = await readFile(manifestPath, 'utf8').catch(() => undefined);
-  if (text === undefined) {
-    throw modelError(`${dir} has no manifest.json, so there are no checksums to verify; convert the model with 'sam models convert', or write a manifest (see README "Models")`);
-  }
-  let manifest: ManifestFiles;
-  try {
-    manifest = JSON.parse(text) as ManifestFiles;
-  } catch (err) {
-    throw modelError(`${manifestPath}: not valid JSON (${(err as Error).message}); convert the model again`, err);
-  }
-  report({ ok: true, what: 'manifest.json', detail: `format ${manifest.format ?? '?'}, id ${manifest.id ?? '?'}, type ${manifest.type ?? '?'}` });
-
-  const files = manifest.files;
-  if (files && typeof files === 'object') {
-    for (const role of ['encoder', 'decoder', 'batchedDecoder'] as const) {
-      const f = manifest[role];
-      if (typeof f === 'string' && !(f in files)) report({ ok: false, what: f, detail: `the ${role} file is not listed in "files" of manifest.json` });
-    }
-    for (const [name, want] of Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) {
-      const path = join(dir, name);
-      const st = await stat(path).catch(() => undefined);
-      if (!st?.isFile()) {
-        report({ ok: false, what: name, detail: 'missing' });
-        continue;
-      }
-      if (typeof want.bytes === 'number' && st.size !== want.bytes) {
-        report({ ok: false, what: name, detail: `size ${st.size} bytes, manifest says ${want.bytes}` });
-        continue;
-      }
-      const sha = await sha256File(path);
-      if (typeof want.sha256 === 'string' && sha !== want.sha256) report({ ok: false, what: name, detail: `sha256 mismatch (manifest ${want.sha256}, file ${sha})` });
-      else report({ ok: true, what: name, detail: `${fmtBytes(st.size)}, sha256 ${sha.slice(0, 16)}…` });
-    }
-  } else {
-    report({ ok: true, what: 'files', detail: 'manifest.json records no checksums (hand-written?); checking that the sessions load' });
-  }
-  // Loading a file whose bytes are known to be wrong proves nothing; stop at the first kind of problem.
-  if (problems.length > 0) return { dir, problems };
-
-  try {
-    const model = await SamModel.open(dir, { threads: 1 });
-    const enc = await model.encoder();
-    report({ ok: true, what: 'encoder', detail: `${enc.session.inputNames.join(', ')} → ${enc.session.outputNames.join(', ')}` });
-    const dec = await model.decoder();
-    const emb = new ort.Tensor('float32', new Float32Array(256 * 64 * 64), [1, 256, 64, 64]);
-    const one = await dec.run(
-      { embeddings: emb, pointCoords: Float32Array.from([512, 512, 0, 0]), pointLabels: Float32Array.from([1, -1]), batch: 1, numPoints: 2, origSize: [32, 48] },
-      ['masks', 'low_res_masks'],
-    );
-    const m = one.numMasks;
-    if (one.masks?.length !== m * 32 * 48 || one.lowResMasks?.length !== m * 256 * 256) {
-      report({ ok: false, what: 'decoder', detail: 'a test prompt gave outputs of the wrong size' });
-    } else {
-      report({ ok: true, what: 'decoder', detail: `${dec.batched ? 'batched' : 'single prompt'}, ${m} masks per prompt, test prompt ok` });
-    }
-    const batched = await model.batchedDecoder();
-    if (batched) {
-      const b = 3;
-      const coords = Float32Array.from([100, 100, 0, 0, 512, 512, 0, 0, 900, 300, 0, 0]);
-      const labels = Float32Array.from([1, -1, 1, -1, 1, -1]);
-      const r = await batched.run({ embeddings: emb, pointCoords: coords, pointLabels: labels, batch: b, numPoints: 2, origSize: [32, 48] }, ['low_res_masks']);
-      if (r.iouPredictions.length !== b * r.numMasks || r.lowResMasks?.length !== b * r.numMasks * 256 * 256) {
-        report({ ok: false, what: 'batched decoder', detail: `a batch of ${b} test prompts gave outputs of the wrong size` });
-      } else {
-        report({ ok: true, what: 'batched decoder', detail: `${b} prompts per call, ${r.numMasks} masks per prompt, test batch ok` });
-      }
-    }
-  } catch (err) {
-    if (!(err instanceof SamError)) throw err;
-    report({ ok: false, what: 'sessions', detail: errorMessage(err) });
-  }
-  return { dir, problems };
 }
 
 // ---------------------------------------------------------------------------------------------

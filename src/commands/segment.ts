@@ -1,14 +1,14 @@
 import { extname } from 'node:path';
 import { Option, type Command } from 'commander';
-import type { BoxXyxy } from '../amg/types.js';
-import { usageError } from '../errors.js';
-import { readEmbeddingFile } from '../engine/embedding-file.js';
-import { writeFileAtomic } from '../engine/fsutil.js';
-import { loadImage } from '../engine/image.js';
-import { readMaskInput } from '../engine/mask-input.js';
-import { describeMasks, writeMaskPng, writeOverlayPng } from '../engine/masks-out.js';
-import { SamModel } from '../engine/model.js';
-import { encodeNpyFloat32 } from '../engine/npy.js';
+import type { BoxXyxy } from '../core/types.js';
+import { usageError } from '../util/errors.js';
+import { readEmbeddingFile } from '../io/embedding-file.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { loadImage } from '../io/image.js';
+import { readMaskInput } from '../io/mask-input.js';
+import { describeMasks, writeMaskPng, writeOverlayPng } from '../output/masks.js';
+import { openModel } from '../hub/resolve.js';
+import { encodeNpyFloat32 } from '../io/npy.js';
 import { SamPredictor, embedImage, imageStateFromEmbedding, type PromptPoint } from '../engine/predictor.js';
 import { parseIntOption } from './common.js';
 
@@ -88,7 +88,7 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
       if (opts.overlay && extname(opts.overlay).toLowerCase() !== '.png') throw usageError(`--overlay ${opts.overlay}: name a .png file`);
       if (!opts.points && !opts.box && !opts.maskInput) throw usageError('no prompt: give --points, --box or --mask-input');
 
-      const model = await SamModel.open(opts.model, { threads: opts.threads });
+      const model = await openModel(opts.model, { threads: opts.threads });
       const [image, decoder] = await Promise.all([loadImage(imagePath), model.decoder()]);
       const size: [number, number] = [image.height, image.width];
       const state = opts.embedding

@@ -5,7 +5,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { inputError, SamError } from '../errors.js';
+import { inputError, SamError } from '../util/errors.js';
 import { PickleError, PyObject, unpickle, type PyDict, type PyValue, type UnpickleHooks } from './pickle.js';
 import { readFully, ZipReader } from './zip.js';
 

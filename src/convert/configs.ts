@@ -5,7 +5,7 @@
  * Values follow segment_anything/build_sam.py (`build_sam_vit_h/l/b` → `_build_sam`) and
  * MobileSAM's build_sam.py (`build_sam_vit_t`).
  */
-import { modelError } from '../errors.js';
+import { modelError } from '../util/errors.js';
 import type { StateDict } from './checkpoint.js';
 
 export type SamModelType = 'vit_b' | 'vit_l' | 'vit_h' | 'vit_t';

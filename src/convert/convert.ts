@@ -6,12 +6,12 @@
  */
 import { readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { SamError, modelError } from '../errors.js';
+import { SamError, modelError } from '../util/errors.js';
 import { loadStateDict, type StateDict } from './checkpoint.js';
 import { SAM_MODEL_TYPES, VIT_CONFIGS, checkConfigMatches, detectModelType, type SamModelType } from './configs.js';
-import { sha256File } from '../engine/fsutil.js';
-import { packageVersion } from '../engine/model-store.js';
-import { produceDirAtomic, removeStaleTemps } from '../engine/tempfiles.js';
+import { sha256File } from '../util/hash.js';
+import { packageVersion } from '../util/package.js';
+import { produceDirAtomic, removeStaleTemps } from '../util/atomic.js';
 import { serializeModel, serializeWithExternalData, type GraphBuilder, type ModelProto } from './onnx-builder.js';
 import { buildSamDecoder } from './sam-decoder.js';
 import { buildTinyVitEncoder } from './tinyvit-encoder.js';

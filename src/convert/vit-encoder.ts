@@ -22,7 +22,7 @@
  * - The neck's 1×1 conv (no bias) is a Gemm on the tokens, LayerNorm2d is LayerNormalization on
  *   channels-last tokens; only the 3×3 conv runs on NCHW.
  */
-import { modelError } from '../errors.js';
+import { modelError } from '../util/errors.js';
 import type { CheckpointTensor, StateDict } from './checkpoint.js';
 import type { VitConfig } from './configs.js';
 import { attr, GraphBuilder, type TensorRef } from './onnx-builder.js';

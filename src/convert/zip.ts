@@ -5,7 +5,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { inflateRawSync } from 'node:zlib';
-import { inputError } from '../errors.js';
+import { inputError } from '../util/errors.js';
 
 export interface ZipEntry {
   name: string;

@@ -1,8 +1,9 @@
 import * as ort from 'onnxruntime-node';
-import { StageTimes } from '../amg/timings.js';
-import { applyCoords } from '../amg/transforms.js';
-import type { AmgPredictor, BoxXyxy, Size } from '../amg/types.js';
-import { cropImage, preprocess, type RgbImage } from './image.js';
+import { StageTimes } from '../core/timings.js';
+import { applyCoords } from '../core/transforms.js';
+import type { AmgPredictor } from '../amg/predictor.js';
+import type { BoxXyxy, Size } from '../core/types.js';
+import { cropImage, preprocess, type RgbImage } from '../io/image.js';
 import { LABEL, type ImageState } from './predictor.js';
 import type { DecoderSession, EncoderSession } from './model.js';
 

@@ -2,9 +2,8 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { modelError } from '../errors.js';
-import { sha256File } from './fsutil.js';
-import { resolveModelArg } from './model-store.js';
+import { modelError } from '../util/errors.js';
+import { sha256File } from '../util/hash.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
 export interface ModelManifest {
@@ -225,11 +224,10 @@ export class SamModel {
   ) {}
 
   /**
-   * Resolve a model folder, or the name of a model pulled with `sam models pull`. Fails fast
-   * (before any inference) when files are missing.
+   * Open a model folder (hub/resolve.ts turns `--model NAME` into one). Fails fast (before any
+   * inference) when files are missing.
    */
-  static async open(arg: string, options: SessionOptions = {}): Promise<SamModel> {
-    const dir = await resolveModelArg(arg);
+  static async open(dir: string, options: SessionOptions = {}): Promise<SamModel> {
     const abs = resolve(dir);
     const info = await stat(abs).catch(() => undefined);
     if (!info) throw modelError(`model folder ${dir} does not exist; pass --model with a folder holding encoder and decoder .onnx files`);

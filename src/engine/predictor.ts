@@ -1,9 +1,9 @@
 import * as ort from 'onnxruntime-node';
-import { applyCoords } from '../amg/transforms.js';
-import type { BoxXyxy, Size } from '../amg/types.js';
-import { inputError } from '../errors.js';
-import type { EmbeddingRecord } from './embedding-file.js';
-import { preprocess, type RgbImage } from './image.js';
+import { applyCoords } from '../core/transforms.js';
+import type { BoxXyxy, Size } from '../core/types.js';
+import { inputError } from '../util/errors.js';
+import type { EmbeddingRecord } from '../io/embedding-file.js';
+import { preprocess, type RgbImage } from '../io/image.js';
 import type { DecoderSession, SamModel } from './model.js';
 
 /** Point label values of the official decoder. */

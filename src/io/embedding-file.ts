@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
-import type { Size } from '../amg/types.js';
-import { inputError } from '../errors.js';
-import { writeFileAtomic } from './fsutil.js';
+import type { Size } from '../core/types.js';
+import { inputError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 /**
  * Image embeddings are stored as safetensors: one float32 tensor `image_embeddings`

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
-import { getPreprocessShape } from '../amg/transforms.js';
-import type { BoxXyxy, Size } from '../amg/types.js';
-import { inputError } from '../errors.js';
+import { getPreprocessShape } from '../core/transforms.js';
+import type { BoxXyxy, Size } from '../core/types.js';
+import { inputError } from '../util/errors.js';
 
 /** 8-bit RGB pixels, row-major HWC: `data.length === height * width * 3`. */
 export interface RgbImage {

@@ -1,9 +1,9 @@
 import sharp, { type PngOptions, type Sharp } from 'sharp';
-import { boxXyxyToXywh, maskLogitStats } from '../amg/masks.js';
-import { encodeMask } from '../amg/rle.js';
-import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle } from '../amg/types.js';
-import { produceFileAtomic } from './fsutil.js';
-import type { RgbImage } from './image.js';
+import { boxXyxyToXywh, maskLogitStats } from '../core/masks.js';
+import { encodeMask } from '../core/rle.js';
+import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle } from '../core/types.js';
+import { produceFileAtomic } from '../util/atomic.js';
+import type { RgbImage } from '../io/image.js';
 
 /** One prompted mask as `sam segment` writes it. */
 export interface SegmentMask {

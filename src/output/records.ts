@@ -9,12 +9,12 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { decodeRle, rleToString } from '../amg/rle.js';
-import type { CocoRle, MaskRecord, UncompressedRle } from '../amg/types.js';
-import { produceFileAtomic, writeFileAtomic } from './fsutil.js';
-import type { RgbImage } from './image.js';
-import { maskToPng, overlayColour, paintMask } from './masks-out.js';
-import { produceDirAtomic } from './tempfiles.js';
+import { decodeRle, rleToString } from '../core/rle.js';
+import type { CocoRle, MaskRecord, UncompressedRle } from '../core/types.js';
+import { produceFileAtomic, writeFileAtomic } from '../util/atomic.js';
+import type { RgbImage } from '../io/image.js';
+import { maskToPng, overlayColour, paintMask } from './masks.js';
+import { produceDirAtomic } from '../util/atomic.js';
 
 export type OutputMode = 'coco_rle' | 'uncompressed_rle' | 'png';
 export const OUTPUT_MODES: readonly OutputMode[] = ['coco_rle', 'uncompressed_rle', 'png'];

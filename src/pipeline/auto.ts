@@ -6,10 +6,10 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, basename, extname, join } from 'node:path';
 import sharp from 'sharp';
 import { SamAutomaticMaskGenerator, resolveAmgOptions, type AmgOptions } from '../amg/generator.js';
-import { StageTimes } from '../amg/timings.js';
-import type { Size } from '../amg/types.js';
-import { inputError } from '../errors.js';
-import { OnnxAmgPredictor } from './amg-predictor.js';
+import { StageTimes } from '../core/timings.js';
+import type { Size } from '../core/types.js';
+import { inputError } from '../util/errors.js';
+import { OnnxAmgPredictor } from '../engine/amg-predictor.js';
 import {
   isOutputComplete,
   outputPathFor,
@@ -18,14 +18,15 @@ import {
   writePngFolder,
   writeRecordsJson,
   type OutputMode,
-} from './amg-output.js';
-import { writeCocoDataset, type CocoImageEntry } from './coco.js';
-import { readEmbeddingFile } from './embedding-file.js';
-import { loadImage } from './image.js';
-import type { InputImage } from './inputs.js';
-import type { DecoderChoice, SamModel } from './model.js';
-import { imageStateFromEmbedding, type ImageState } from './predictor.js';
-import { removeStaleTemps } from './tempfiles.js';
+} from '../output/records.js';
+import { writeCocoDataset, type CocoImageEntry } from '../output/coco.js';
+import { readEmbeddingFile } from '../io/embedding-file.js';
+import { loadImage } from '../io/image.js';
+import type { InputImage } from '../io/inputs.js';
+import type { DecoderChoice, SamModel } from '../engine/model.js';
+import { imageStateFromEmbedding, type ImageState } from '../engine/predictor.js';
+import { removeStaleTemps } from '../util/atomic.js';
+import { exists } from '../util/fs.js';
 
 export interface AutoSetup {
   model: SamModel;
@@ -56,13 +57,6 @@ export function autoSetup(setup: Omit<AutoSetup, 'amg'> & { amg: Partial<AmgOpti
 }
 
 const overlayPath = (setup: AutoSetup, key: string): string => join(setup.overlayDir!, `${key}.png`);
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /** Whether an earlier run left every output this run asks for. */
 export async function isImageComplete(setup: AutoSetup, item: InputImage): Promise<boolean> {
@@ -138,30 +132,4 @@ export async function writeAutoCoco(
     }
   }
   return writeCocoDataset(cocoFile, entries(), info);
-}
-
-/**
- * `--point-grids FILE`: JSON array of grids, one per crop layer, each an array of [x, y] in [0, 1]
- * (SAM's point_grids argument), as the generator's flat Float64Array [n, 2] per layer.
- */
-export async function readPointGrids(file: string): Promise<Float64Array[]> {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(await readFile(file, 'utf8'));
-  } catch (err) {
-    throw inputError(`--point-grids ${file}: cannot read it as JSON (${(err as Error).message.split('\n')[0]}); give a JSON array of grids`, err);
-  }
-  const fix = 'expected a JSON array of grids (one per crop layer), each an array of [x, y] pairs in 0..1';
-  if (!Array.isArray(parsed) || parsed.length === 0) throw inputError(`--point-grids ${file}: ${fix}`);
-  return parsed.map((grid: unknown, layer) => {
-    if (!Array.isArray(grid) || grid.length === 0) throw inputError(`--point-grids ${file}: grid ${layer} is not a non-empty array; ${fix}`);
-    const out = new Float64Array(grid.length * 2);
-    grid.forEach((p: unknown, i) => {
-      const ok = Array.isArray(p) && p.length === 2 && p.every((v) => typeof v === 'number' && v >= 0 && v <= 1);
-      if (!ok) throw inputError(`--point-grids ${file}: grid ${layer} point ${i} is ${JSON.stringify(p)}; ${fix}`);
-      out[2 * i] = (p as number[])[0];
-      out[2 * i + 1] = (p as number[])[1];
-    });
-    return out;
-  });
 }

@@ -8,8 +8,8 @@
  */
 import { createReadStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
-import type { CocoRle, MaskRecord } from '../amg/types.js';
-import { produceFileAtomic } from './fsutil.js';
+import type { CocoRle, MaskRecord } from '../core/types.js';
+import { produceFileAtomic } from '../util/atomic.js';
 
 export interface CocoImageEntry {
   /** Path of the image relative to its input root (the output key plus the extension). */

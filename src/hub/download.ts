@@ -1,180 +1,15 @@
 /**
- * Known models (models/registry.json), the local cache folder, `--model NAME` resolution, and
- * resumable, checksum-verified downloads of the published checkpoints.
- *
- * Cache layout: `<cache>/downloads/<file>[.part]` for checkpoints, `<cache>/models/<name>/` for
- * converted model folders (manifest.json + .onnx files), `<cache>/checksums.json` for hashes
- * recorded on first download of files the registry has no published checksum for.
+ * Resumable, checksum-verified downloads of the published checkpoints into the cache folder.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { SamError, modelError, usageError } from '../errors.js';
-import { sha256File, writeFileAtomic } from './fsutil.js';
-
-export interface RegistryEntry {
-  name: string;
-  description?: string;
-  /** SAM model type of the checkpoint: vit_b, vit_l, vit_h or vit_t. */
-  type: string;
-  url: string;
-  /** File name in the downloads folder (default: the URL's last path segment). */
-  file: string;
-  /** Bytes, or null when unpublished. */
-  size: number | null;
-  /** Hex sha256, or null when unpublished: `pull` then records the hash of the first download. */
-  sha256: string | null;
-  licence: string;
-  checksumSource?: string;
-}
-
-export interface Registry {
-  /** Where it was read from (the packaged file or $SAM_REGISTRY). */
-  source: string;
-  models: RegistryEntry[];
-}
-
-/** Walk up from this module to the folder holding the package's package.json (works from src/ and dist/src/). */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, 'package.json');
-    if (existsSync(pkg)) {
-      try {
-        if ((JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'sam-cli') return dir;
-      } catch {
-        // A broken package.json further down the tree is not ours; keep walking.
-      }
-    }
-    const up = dirname(dir);
-    if (up === dir) throw new Error('internal: package root of sam-cli not found above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
-
-export function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version?: string }).version ?? '0';
-  } catch {
-    return '0';
-  }
-}
-
-export function registryPath(): string {
-  const override = process.env.SAM_REGISTRY;
-  return override ? resolve(override) : join(packageRoot(), 'models', 'registry.json');
-}
-
-const HEX64 = /^[0-9a-f]{64}$/;
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-
-function parseEntry(path: string, raw: unknown, i: number): RegistryEntry {
-  const bad = (what: string): SamError => modelError(`${path}: models[${i}] ${what}; fix the registry file`);
-  if (typeof raw !== 'object' || raw === null) throw bad('is not an object');
-  const e = raw as Record<string, unknown>;
-  if (typeof e.name !== 'string' || !NAME.test(e.name)) throw bad('needs "name" (letters, digits, _ . -)');
-  if (typeof e.url !== 'string' || !/^https?:\/\//.test(e.url)) throw bad(`(${e.name}) needs an http(s) "url"`);
-  if (typeof e.type !== 'string') throw bad(`(${e.name}) needs "type" (vit_b, vit_l, vit_h or vit_t)`);
-  const sha = e.sha256 ?? null;
-  if (sha !== null && (typeof sha !== 'string' || !HEX64.test(sha))) throw bad(`(${e.name}) "sha256" must be 64 lowercase hex digits or null`);
-  const size = e.size ?? null;
-  if (size !== null && (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0)) throw bad(`(${e.name}) "size" must be a positive integer or null`);
-  const file = typeof e.file === 'string' ? e.file : decodeURIComponent(new URL(e.url).pathname.split('/').pop() ?? '');
-  if (!file || file.includes('/') || file.includes('\\') || file.startsWith('.')) throw bad(`(${e.name}) has no usable file name`);
-  return {
-    name: e.name,
-    description: typeof e.description === 'string' ? e.description : undefined,
-    type: e.type,
-    url: e.url,
-    file,
-    size: size as number | null,
-    sha256: sha as string | null,
-    licence: typeof e.licence === 'string' ? e.licence : 'unknown',
-    checksumSource: typeof e.checksumSource === 'string' ? e.checksumSource : undefined,
-  };
-}
-
-export async function loadRegistry(): Promise<Registry> {
-  const path = registryPath();
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    const fix = process.env.SAM_REGISTRY ? 'fix or unset $SAM_REGISTRY' : 'reinstall sam';
-    throw modelError(`model registry ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}); ${fix}`, err);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw modelError(`model registry ${path} is not valid JSON (${(err as Error).message}); fix the file`, err);
-  }
-  const models = (json as { models?: unknown }).models;
-  if (!Array.isArray(models)) throw modelError(`model registry ${path} has no "models" array; fix the file`);
-  const entries = models.map((m, i) => parseEntry(path, m, i));
-  const seen = new Set<string>();
-  for (const e of entries) {
-    if (seen.has(e.name)) throw modelError(`model registry ${path} lists '${e.name}' twice; fix the file`);
-    seen.add(e.name);
-  }
-  return { source: path, models: entries };
-}
-
-export async function findRegistryEntry(name: string): Promise<RegistryEntry> {
-  const reg = await loadRegistry();
-  const entry = reg.models.find((m) => m.name === name);
-  if (!entry) {
-    throw usageError(`unknown model '${name}'; known models: ${reg.models.map((m) => m.name).join(', ')} (see 'sam models list')`);
-  }
-  return entry;
-}
-
-/**
- * The cache folder: $SAM_CACHE_DIR, else the platform's per-user cache folder
- * (Linux $XDG_CACHE_HOME/sam or ~/.cache/sam, macOS ~/Library/Caches/sam, Windows %LOCALAPPDATA%\sam\Cache).
- */
-export function cacheDir(): string {
-  const env = process.env;
-  if (env.SAM_CACHE_DIR) return resolve(env.SAM_CACHE_DIR);
-  const home = homedir();
-  if (process.platform === 'win32') return join(env.LOCALAPPDATA || join(home, 'AppData', 'Local'), 'sam', 'Cache');
-  if (process.platform === 'darwin') return join(home, 'Library', 'Caches', 'sam');
-  // XDG: a relative XDG_CACHE_HOME is invalid and must be ignored.
-  const xdg = env.XDG_CACHE_HOME;
-  return join(xdg && isAbsolute(xdg) ? xdg : join(home, '.cache'), 'sam');
-}
-
-export const modelsDir = (): string => join(cacheDir(), 'models');
-export const downloadsDir = (): string => join(cacheDir(), 'downloads');
-export const pulledModelDir = (name: string): string => join(modelsDir(), name);
-export const downloadPath = (entry: RegistryEntry): string => join(downloadsDir(), entry.file);
-
-export async function isConverted(dir: string): Promise<boolean> {
-  return (await stat(join(dir, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
-}
-
-const looksLikePath = (arg: string): boolean =>
-  arg.includes('/') || arg.includes(sep) || arg.startsWith('.') || arg.startsWith('~') || isAbsolute(arg);
-
-/**
- * `--model` argument → model folder. An existing path (or anything that looks like one) is
- * returned as is; a bare name is a model pulled into the cache (`sam models pull NAME`).
- */
-export async function resolveModelArg(arg: string): Promise<string> {
-  if (looksLikePath(arg) || (await stat(arg).catch(() => undefined))) return arg;
-  if (!NAME.test(arg)) return arg;
-  const dir = pulledModelDir(arg);
-  if (await isConverted(dir)) return dir;
-  const reg = await loadRegistry().catch(() => undefined);
-  if (reg?.models.some((m) => m.name === arg)) {
-    throw modelError(`model '${arg}' is not pulled yet; run 'sam models pull ${arg}'`);
-  }
-  const known = reg ? ` (known models: ${reg.models.map((m) => m.name).join(', ')})` : '';
-  throw modelError(`--model ${arg} is neither a model folder nor a pulled model name${known}; pass a folder with encoder and decoder .onnx files, or run 'sam models pull NAME'`);
-}
+import { dirname, join } from 'node:path';
+import { SamError, modelError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { hashFile, sha256File } from '../util/hash.js';
+import { isProcessAlive } from '../util/process.js';
+import { cacheDir, downloadPath } from './cache.js';
+import { HEX64, type RegistryEntry } from './registry.js';
 
 // ---------------------------------------------------------------------------------------------
 // Checksums recorded for registry entries without a published one.
@@ -214,7 +49,6 @@ async function recordChecksum(entry: RegistryEntry, sha256: string, size: number
 // ---------------------------------------------------------------------------------------------
 // Download.
 
-export { sha256File };
 
 export interface DownloadEvents {
   /** Response received: `total` bytes expected (undefined when the server does not say), `from` already on disk. */
@@ -275,15 +109,7 @@ async function lockDownload(lockPath: string, url: string): Promise<() => Promis
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const pid = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
-      let alive = false;
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
-        try {
-          process.kill(pid, 0);
-          alive = true;
-        } catch (e) {
-          alive = (e as NodeJS.ErrnoException).code === 'EPERM';
-        }
-      }
+      const alive = Number.isInteger(pid) && pid > 0 && pid !== process.pid && isProcessAlive(pid);
       if (alive) throw modelError(`another sam process (pid ${pid}) is downloading ${url}; wait for it to finish, then run the command again`);
       // The previous owner died: take over its partial download.
       await rm(lockPath, { force: true });
@@ -426,9 +252,8 @@ async function fetchToPart(
     const newMeta: PartMeta = { url: entry.url, total, etag: res.headers.get('etag') ?? undefined, lastModified: res.headers.get('last-modified') ?? undefined };
     await writeFileAtomic(metaPath, JSON.stringify(newMeta));
   }
-  const hash = createHash('sha256');
   // Hash the bytes already on disk so the final digest covers the whole file.
-  if (from > 0) for await (const chunk of createReadStream(part, { end: from - 1, highWaterMark: 1 << 22 })) hash.update(chunk as Buffer);
+  const hash = from > 0 ? await hashFile(part, { end: from - 1 }) : createHash('sha256');
   events.start?.({ url: entry.url, total, from, resumed: from > 0 });
   if (!res.body) throw modelError(`cannot download ${entry.url}: empty response; ${OFFLINE_FIX(entry)}`);
   let fh: FileHandle | undefined;

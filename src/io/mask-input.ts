@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import sharp, { type OutputInfo } from 'sharp';
-import { getPreprocessShape } from '../amg/transforms.js';
-import type { Size } from '../amg/types.js';
-import { inputError } from '../errors.js';
+import { getPreprocessShape } from '../core/transforms.js';
+import type { Size } from '../core/types.js';
+import { inputError } from '../util/errors.js';
 import { decodeNpyFloat32 } from './npy.js';
 
 const LOW_RES = 256;

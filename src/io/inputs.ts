@@ -1,6 +1,6 @@
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, resolve, sep } from 'node:path';
-import { inputError } from '../errors.js';
+import { inputError } from '../util/errors.js';
 
 /** One image to process, and the key its outputs are named by. */
 export interface InputImage {

@@ -25,6 +25,12 @@ export class SamError extends Error {
 export const usageError = (message: string): SamError => new SamError('usage', message);
 export const modelError = (message: string, cause?: unknown): SamError => new SamError('model', message, { cause });
 export const inputError = (message: string, cause?: unknown): SamError => new SamError('input', message, { cause });
+export const outputError = (message: string, cause?: unknown): SamError => new SamError('output', message, { cause });
+
+/** A Node system error (ENOENT, EACCES, ENOSPC, ...): it carries a string `code`. */
+export function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string';
+}
 
 /** First line of an unknown error's message, for one-line reports. */
 export function errorMessage(err: unknown): string {

@@ -1,0 +1,48 @@
+import * as ort from 'onnxruntime-node';
+import { EMBEDDING_DIMS, EMBEDDING_LENGTH, LOW_RES_LENGTH } from '../core/constants.js';
+import type { SamModel } from './model.js';
+
+export interface ProbeCheck {
+  ok: boolean;
+  what: string;
+  detail: string;
+}
+
+/**
+ * Load every session of `model` and run test prompts through each decoder on a zero embedding
+ * [1,256,64,64], checking the output sizes. Contract errors throw (SamError).
+ */
+export async function probeModel(model: SamModel): Promise<ProbeCheck[]> {
+  const checks: ProbeCheck[] = [];
+  const enc = await model.encoder();
+  checks.push({ ok: true, what: 'encoder', detail: `${enc.session.inputNames.join(', ')} → ${enc.session.outputNames.join(', ')}` });
+  const emb = new ort.Tensor('float32', new Float32Array(EMBEDDING_LENGTH), [...EMBEDDING_DIMS]);
+  const origSize: [number, number] = [32, 48];
+
+  const dec = await model.decoder();
+  const one = await dec.run(
+    { embeddings: emb, pointCoords: Float32Array.from([512, 512, 0, 0]), pointLabels: Float32Array.from([1, -1]), batch: 1, numPoints: 2, origSize },
+    ['masks', 'low_res_masks'],
+  );
+  const m = one.numMasks;
+  if (one.masks?.length !== m * origSize[0] * origSize[1] || one.lowResMasks?.length !== m * LOW_RES_LENGTH) {
+    checks.push({ ok: false, what: 'decoder', detail: 'a test prompt gave outputs of the wrong size' });
+  } else {
+    checks.push({ ok: true, what: 'decoder', detail: `${dec.batched ? 'batched' : 'single prompt'}, ${m} masks per prompt, test prompt ok` });
+  }
+
+  const batched = await model.batchedDecoder();
+  if (batched) {
+    // Three prompts of one point + padding point each: point_coords [3, 2, 2].
+    const b = 3;
+    const coords = Float32Array.from([100, 100, 0, 0, 512, 512, 0, 0, 900, 300, 0, 0]);
+    const labels = Float32Array.from([1, -1, 1, -1, 1, -1]);
+    const r = await batched.run({ embeddings: emb, pointCoords: coords, pointLabels: labels, batch: b, numPoints: 2, origSize }, ['low_res_masks']);
+    if (r.iouPredictions.length !== b * r.numMasks || r.lowResMasks?.length !== b * r.numMasks * LOW_RES_LENGTH) {
+      checks.push({ ok: false, what: 'batched decoder', detail: `a batch of ${b} test prompts gave outputs of the wrong size` });
+    } else {
+      checks.push({ ok: true, what: 'batched decoder', detail: `${b} prompts per call, ${r.numMasks} masks per prompt, test batch ok` });
+    }
+  }
+  return checks;
+}

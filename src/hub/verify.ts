@@ -1,0 +1,86 @@
+/**
+ * `sam models verify`: a model folder's manifest, the sha256 of every file it lists, then a test
+ * inference through the engine (engine/probe.ts).
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { probeModel } from '../engine/probe.js';
+import { SamModel } from '../engine/model.js';
+import { SamError, errorMessage, modelError } from '../util/errors.js';
+import { fmtBytes } from '../util/format.js';
+import { sha256File } from '../util/hash.js';
+import { resolveModelArg } from './resolve.js';
+
+export interface Check {
+  ok: boolean;
+  what: string;
+  detail: string;
+}
+
+interface ManifestFiles {
+  format?: string;
+  id?: string;
+  type?: string;
+  encoder?: string;
+  decoder?: string;
+  batchedDecoder?: string;
+  files?: Record<string, { sha256?: string; bytes?: number }>;
+}
+
+export async function verifyModel(arg: string, log: (c: Check) => void): Promise<{ dir: string; problems: Check[] }> {
+  const dir = await resolveModelArg(arg);
+  const problems: Check[] = [];
+  const report = (c: Check): void => {
+    log(c);
+    if (!c.ok) problems.push(c);
+  };
+  const info = await stat(dir).catch(() => undefined);
+  if (!info?.isDirectory()) throw modelError(`model folder ${dir} does not exist; pass a model folder or the name of a pulled model`);
+  const manifestPath = join(dir, 'manifest.json');
+  const text = await readFile(manifestPath, 'utf8').catch(() => undefined);
+  if (text === undefined) {
+    throw modelError(`${dir} has no manifest.json, so there are no checksums to verify; convert the model with 'sam models convert', or write a manifest (see README "Models")`);
+  }
+  let manifest: ManifestFiles;
+  try {
+    manifest = JSON.parse(text) as ManifestFiles;
+  } catch (err) {
+    throw modelError(`${manifestPath}: not valid JSON (${(err as Error).message}); convert the model again`, err);
+  }
+  report({ ok: true, what: 'manifest.json', detail: `format ${manifest.format ?? '?'}, id ${manifest.id ?? '?'}, type ${manifest.type ?? '?'}` });
+
+  const files = manifest.files;
+  if (files && typeof files === 'object') {
+    for (const role of ['encoder', 'decoder', 'batchedDecoder'] as const) {
+      const f = manifest[role];
+      if (typeof f === 'string' && !(f in files)) report({ ok: false, what: f, detail: `the ${role} file is not listed in "files" of manifest.json` });
+    }
+    for (const [name, want] of Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) {
+      const path = join(dir, name);
+      const st = await stat(path).catch(() => undefined);
+      if (!st?.isFile()) {
+        report({ ok: false, what: name, detail: 'missing' });
+        continue;
+      }
+      if (typeof want.bytes === 'number' && st.size !== want.bytes) {
+        report({ ok: false, what: name, detail: `size ${st.size} bytes, manifest says ${want.bytes}` });
+        continue;
+      }
+      const sha = await sha256File(path);
+      if (typeof want.sha256 === 'string' && sha !== want.sha256) report({ ok: false, what: name, detail: `sha256 mismatch (manifest ${want.sha256}, file ${sha})` });
+      else report({ ok: true, what: name, detail: `${fmtBytes(st.size)}, sha256 ${sha.slice(0, 16)}…` });
+    }
+  } else {
+    report({ ok: true, what: 'files', detail: 'manifest.json records no checksums (hand-written?); checking that the sessions load' });
+  }
+  // Loading a file whose bytes are known to be wrong proves nothing; stop at the first kind of problem.
+  if (problems.length > 0) return { dir, problems };
+
+  try {
+    for (const c of await probeModel(await SamModel.open(dir, { threads: 1 }))) report(c);
+  } catch (err) {
+    if (!(err instanceof SamError)) throw err;
+    report({ ok: false, what: 'sessions', detail: errorMessage(err) });
+  }
+  return { dir, problems };
+}
