@@ -9,7 +9,8 @@
  *   holds one batch's logits plus RLEs, not a tensor per mask.
  */
 import { buildAllLayerPointGrids, generateCropBoxes } from './grid.js';
-import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions } from '../core/masks.js';
+import { LOW_RES_LENGTH } from '../core/constants.js';
+import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../core/masks.js';
 import { batchedNms } from '../core/nms.js';
 import { createUpscaler } from '../core/upscale.js';
 import { decodeRle, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea } from '../core/rle.js';
@@ -182,9 +183,8 @@ export class SamAutomaticMaskGenerator {
     // Remove duplicates within this crop (boxes still in crop coordinates, as the reference).
     const keep = timings.timeSync('nms', () => nmsKeep(data.boxes, data.iouPreds, this.options.boxNmsThresh));
     const kept = pick(data, keep);
-    const [x0, y0] = cropBox;
-    kept.boxes = kept.boxes.map((b) => [b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0]);
-    kept.points = kept.points.map((p) => [p[0] + x0, p[1] + y0]);
+    kept.boxes = kept.boxes.map((b) => uncropBoxesXyxy(b, cropBox));
+    kept.points = kept.points.map((p) => uncropPoints(p, cropBox));
     return kept;
   }
 
@@ -195,7 +195,7 @@ export class SamAutomaticMaskGenerator {
     // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
     const { lowResLogits, iouPredictions, masksPerPoint } = await this.predictor.predictPoints(Float32Array.from(points));
     const data = emptySet();
-    const lowLen = 256 * 256;
+    const lowLen = LOW_RES_LENGTH;
     const o = this.options;
     // torch compares a float32 tensor with a Python float in float32: round the thresholds too.
     const iouThresh = Math.fround(o.predIouThresh);

@@ -1,7 +1,8 @@
+import { isFile } from '../util/fs.js';
 import { availableParallelism } from 'node:os';
 import { Option, type Command } from 'commander';
 import { openModel } from '../hub/resolve.js';
-import { AMG_DEFAULTS } from '../amg/generator.js';
+import { AMG_DEFAULTS, type AmgOptions } from '../amg/generator.js';
 import { STAGES, StageTimes } from '../core/timings.js';
 import { SamError, errorMessage, usageError } from '../util/errors.js';
 import { OUTPUT_MODES, type OutputMode } from '../output/records.js';
@@ -11,20 +12,12 @@ import { collectInputs, type InputImage } from '../io/inputs.js';
 import { SamModel, type DecoderChoice } from '../engine/model.js';
 import { finishBatch, parseFloatOption, parseIntOption, runBatch } from './common.js';
 
-interface AutoOptions {
+/** What commander hands the action: amg.py's options under the generator's names, plus the run's own. */
+type AutoOptions = Omit<AmgOptions, 'pointsPerSide' | 'pointGrids'> & {
   model: string;
   out: string;
   pointsPerSide: number;
-  pointsPerBatch: number;
-  predIouThresh: number;
-  stabilityScoreThresh: number;
-  stabilityScoreOffset: number;
-  boxNmsThresh: number;
-  cropNLayers: number;
-  cropNmsThresh: number;
-  cropOverlapRatio: number;
-  cropNPointsDownscaleFactor: number;
-  minMaskRegionArea: number;
+  /** --point-grids FILE (read into AmgOptions.pointGrids). */
   pointGrids?: string;
   outputMode: OutputMode | 'binary_mask';
   convertToRle?: boolean;
@@ -37,7 +30,7 @@ interface AutoOptions {
   force?: boolean;
   quiet?: boolean;
   decoder: DecoderChoice;
-}
+};
 
 export interface Shard {
   index: number;
@@ -77,7 +70,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json) or the name of a pulled model')
     .requiredOption('-o, --out <dir>', 'output folder: <out>/<relative path without extension>.json (or a folder in png mode)')
     .option('--points-per-side <n>', 'points sampled along one side of the image (grid of n*n prompts)', parseIntOption('--points-per-side', 1, 1024), d.pointsPerSide!)
-    .option('--points-per-batch <n>', 'prompts run through the decoder at once', parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
+    .option('--points-per-batch <n>', "amg.py's batch size; accepted for compatibility, results do not depend on it (decoder calls take up to 16 prompts, see README)", parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
     .option('--pred-iou-thresh <x>', "keep masks whose predicted IoU is above this (0 keeps all)", parseFloatOption('--pred-iou-thresh', 0, 1), d.predIouThresh)
     .option('--stability-score-thresh <x>', 'keep masks whose stability score is at least this', parseFloatOption('--stability-score-thresh', 0, 1), d.stabilityScoreThresh)
     .option('--stability-score-offset <x>', 'logit offset used for the stability score', parseFloatOption('--stability-score-offset', 0, 1e6), d.stabilityScoreOffset)
@@ -103,7 +96,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
         .default('auto'),
     )
     .addOption(
-      new Option('--output-mode <mode>', 'coco_rle: COCO RLE JSON; uncompressed_rle: run lengths as numbers; png: <out>/<name>/<i>.png + metadata.csv')
+      new Option('--output-mode <mode>', 'coco_rle: COCO RLE JSON; uncompressed_rle: run lengths as numbers; png (or binary_mask, amg.py\'s name for it): <out>/<name>/<i>.png + metadata.csv')
         .choices([...OUTPUT_MODES, 'binary_mask'])
         .default('coco_rle'),
     )
@@ -130,83 +123,93 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
         '',
       ].join('\n'),
     )
-    .action(async (inputs: string[], opts: AutoOptions, cmd: Command) => {
-      let pointGrids: Float64Array[] | null = null;
-      if (opts.pointGrids) {
-        if (cmd.getOptionValueSource('pointsPerSide') === 'cli') throw usageError('give either --points-per-side or --point-grids, not both');
-        pointGrids = await readPointGrids(opts.pointGrids);
-        if (pointGrids.length !== opts.cropNLayers + 1) {
-          throw usageError(
-            `--point-grids ${opts.pointGrids} has ${pointGrids.length} grid(s) but --crop-n-layers ${opts.cropNLayers} needs ${opts.cropNLayers + 1} (one per layer)`,
-          );
-        }
-      }
-      const outputMode: OutputMode = opts.outputMode === 'binary_mask' ? 'png' : opts.outputMode;
-      const jobs = opts.jobs;
-      const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / jobs));
+    .action(async (inputs: string[], opts: AutoOptions, cmd: Command) => setExit(await runAuto(inputs, opts, cmd)));
+}
 
-      const items = selectShard(await collectInputs(inputs), opts.shard);
-      const model = await openModel(opts.model, { threads });
-      // Load the sessions now so a bad model fails once, not once per image.
-      await model.amgDecoder(opts.decoder);
-      if (!opts.embeddings || opts.cropNLayers > 0) await model.encoder();
-      const setup = autoSetup({
-        model,
-        amg: {
-          pointsPerSide: pointGrids ? null : opts.pointsPerSide,
-          pointGrids,
-          pointsPerBatch: opts.pointsPerBatch,
-          predIouThresh: opts.predIouThresh,
-          stabilityScoreThresh: opts.stabilityScoreThresh,
-          stabilityScoreOffset: opts.stabilityScoreOffset,
-          boxNmsThresh: opts.boxNmsThresh,
-          cropNLayers: opts.cropNLayers,
-          cropNmsThresh: opts.cropNmsThresh,
-          cropOverlapRatio: opts.cropOverlapRatio,
-          cropNPointsDownscaleFactor: opts.cropNPointsDownscaleFactor,
-          minMaskRegionArea: opts.minMaskRegionArea,
-        },
-        outDir: opts.out,
-        outputMode,
-        overlayDir: opts.overlay,
-        embeddingsDir: opts.embeddings,
-        coco: opts.coco !== undefined,
-        force: opts.force ?? false,
-        decoder: opts.decoder,
+/** --point-grids FILE, checked against --points-per-side and --crop-n-layers; null without it. */
+async function pointGridsOption(opts: AutoOptions, cmd: Command): Promise<Float64Array[] | null> {
+  if (!opts.pointGrids) return null;
+  if (cmd.getOptionValueSource('pointsPerSide') === 'cli') throw usageError('give either --points-per-side or --point-grids, not both');
+  const pointGrids = await readPointGrids(opts.pointGrids);
+  if (pointGrids.length !== opts.cropNLayers + 1) {
+    throw usageError(
+      `--point-grids ${opts.pointGrids} has ${pointGrids.length} grid(s) but --crop-n-layers ${opts.cropNLayers} needs ${opts.cropNLayers + 1} (one per layer)`,
+    );
+  }
+  return pointGrids;
+}
+
+/** The whole run: inputs → model → every image through pipeline/auto.ts → COCO → summary; returns the exit code. */
+async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promise<number> {
+  const pointGrids = await pointGridsOption(opts, cmd);
+  if (opts.embeddings && (await isFile(opts.embeddings))) {
+    throw usageError(`--embeddings ${opts.embeddings} is a file; give the folder 'sam embed --out' wrote (one file per image is 'sam segment --embedding FILE')`);
+  }
+  const outputMode: OutputMode = opts.outputMode === 'binary_mask' ? 'png' : opts.outputMode;
+  const jobs = opts.jobs;
+  const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / jobs));
+
+  const items = selectShard(await collectInputs(inputs), opts.shard);
+  const model = await openModel(opts.model, { threads });
+  // Load the sessions now so a bad model fails once, not once per image.
+  await model.amgDecoder(opts.decoder);
+  if (!opts.embeddings || opts.cropNLayers > 0) await model.encoder();
+  const setup = autoSetup({
+    model,
+    amg: {
+      pointsPerSide: pointGrids ? null : opts.pointsPerSide,
+      pointGrids,
+      pointsPerBatch: opts.pointsPerBatch,
+      predIouThresh: opts.predIouThresh,
+      stabilityScoreThresh: opts.stabilityScoreThresh,
+      stabilityScoreOffset: opts.stabilityScoreOffset,
+      boxNmsThresh: opts.boxNmsThresh,
+      cropNLayers: opts.cropNLayers,
+      cropNmsThresh: opts.cropNmsThresh,
+      cropOverlapRatio: opts.cropOverlapRatio,
+      cropNPointsDownscaleFactor: opts.cropNPointsDownscaleFactor,
+      minMaskRegionArea: opts.minMaskRegionArea,
+    },
+    outDir: opts.out,
+    outputMode,
+    overlayDir: opts.overlay,
+    embeddingsDir: opts.embeddings,
+    coco: opts.coco !== undefined,
+    force: opts.force ?? false,
+    decoder: opts.decoder,
+  });
+  const stale = await cleanStaleOutputs(setup, opts.coco);
+  const log = (line: string) => {
+    if (!opts.quiet) process.stderr.write(`${line}\n`);
+  };
+  if (stale > 0) log(`sam: removed ${stale} unfinished temp file(s) of an interrupted run`);
+
+  const total = new StageTimes();
+  let masks = 0;
+  const summary = await runBatch(
+    items,
+    async (item) => {
+      const times = new StageTimes();
+      const r = await autoImage(setup, item, times);
+      total.merge(times);
+      masks += r.masks;
+      return { status: r.status, detail: r.status === 'done' ? `${r.masks} masks` : undefined };
+    },
+    { jobs, quiet: opts.quiet ?? false },
+  );
+  if (summary.done > 0) log(`sam: time by stage: ${STAGES.map((s) => `${s} ${seconds(total.ms[s])}`).join(', ')}`);
+  if (opts.coco) {
+    const failed = new Set(summary.failed.map((f) => f.item.path));
+    try {
+      const res = await writeAutoCoco(setup, items.filter((i) => !failed.has(i.path)), opts.coco, {
+        description: 'automatic masks from sam auto (Segment Anything)',
+        model: await model.id(),
       });
-      const stale = await cleanStaleOutputs(setup, opts.coco);
-      const log = (line: string) => {
-        if (!opts.quiet) process.stderr.write(`${line}\n`);
-      };
-      if (stale > 0) log(`sam: removed ${stale} unfinished temp file(s) of an interrupted run`);
-
-      const total = new StageTimes();
-      let masks = 0;
-      const summary = await runBatch(
-        items,
-        async (item) => {
-          const times = new StageTimes();
-          const r = await autoImage(setup, item, times);
-          total.merge(times);
-          masks += r.masks;
-          return { status: r.status, detail: r.status === 'done' ? `${r.masks} masks` : undefined };
-        },
-        { jobs, quiet: opts.quiet ?? false },
-      );
-      if (summary.done > 0) log(`sam: time by stage: ${STAGES.map((s) => `${s} ${seconds(total.ms[s])}`).join(', ')}`);
-      if (opts.coco) {
-        const failed = new Set(summary.failed.map((f) => f.item.path));
-        try {
-          const res = await writeAutoCoco(setup, items.filter((i) => !failed.has(i.path)), opts.coco, {
-            description: 'automatic masks from sam auto (Segment Anything)',
-            model: await model.id(),
-          });
-          log(`sam: COCO dataset ${opts.coco}: ${res.images} images, ${res.annotations} annotations`);
-        } catch (err) {
-          if (err instanceof SamError) throw err;
-          throw new SamError('output', `--coco ${opts.coco}: cannot write the COCO dataset (${errorMessage(err)}); check the folder and free space`, { cause: err });
-        }
-      }
-      setExit(finishBatch(summary, `, ${masks} masks`));
-    });
+      log(`sam: COCO dataset ${opts.coco}: ${res.images} images, ${res.annotations} annotations`);
+    } catch (err) {
+      if (err instanceof SamError) throw err;
+      throw new SamError('output', `--coco ${opts.coco}: cannot write the COCO dataset (${errorMessage(err)}); check the folder and free space`, { cause: err });
+    }
+  }
+  return finishBatch(summary, `, ${masks} masks`);
 }

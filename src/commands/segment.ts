@@ -1,3 +1,5 @@
+import { isDirectory } from '../util/fs.js';
+import { LOW_RES_LENGTH, LOW_RES_SIDE } from '../core/constants.js';
 import { extname } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { BoxXyxy } from '../core/types.js';
@@ -88,6 +90,9 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
       if (opts.overlay && extname(opts.overlay).toLowerCase() !== '.png') throw usageError(`--overlay ${opts.overlay}: name a .png file`);
       if (!opts.points && !opts.box && !opts.maskInput) throw usageError('no prompt: give --points, --box or --mask-input');
 
+      if (opts.embedding && (await isDirectory(opts.embedding))) {
+        throw usageError(`--embedding ${opts.embedding} is a folder; give one .safetensors file from 'sam embed' (a folder of them is 'sam auto --embeddings DIR')`);
+      }
       const model = await openModel(opts.model, { threads: opts.threads });
       const [image, decoder] = await Promise.all([loadImage(imagePath), model.decoder()]);
       const size: [number, number] = [image.height, image.width];
@@ -124,8 +129,8 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
         await writeFileAtomic(opts.out, `${JSON.stringify(doc)}\n`);
       }
       if (opts.lowResOut) {
-        const low = prediction.lowResMasks.subarray(best * 256 * 256, (best + 1) * 256 * 256);
-        await writeFileAtomic(opts.lowResOut, encodeNpyFloat32(low, [1, 1, 256, 256]));
+        const low = prediction.lowResMasks.subarray(best * LOW_RES_LENGTH, (best + 1) * LOW_RES_LENGTH);
+        await writeFileAtomic(opts.lowResOut, encodeNpyFloat32(low, [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]));
       }
       if (opts.overlay) {
         // Largest first, so smaller candidate masks stay visible on top.

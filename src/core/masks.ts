@@ -38,6 +38,30 @@ export function calculateStabilityScore(
   return out;
 }
 
+/**
+ * amg.py batched_mask_to_box, row by row: callers give each row's first and last set column,
+ * box() is XYXY with inclusive max, [0,0,0,0] when no row had a pixel.
+ */
+class BoxScan {
+  private minX: number;
+  private maxX = -1;
+  private minY = -1;
+  private maxY = -1;
+  constructor(w: number) {
+    this.minX = w;
+  }
+  /** Row y has set pixels from column `first` to `last` (first >= 0). */
+  row(y: number, first: number, last: number): void {
+    if (first < this.minX) this.minX = first;
+    if (last > this.maxX) this.maxX = last;
+    if (this.minY < 0) this.minY = y;
+    this.maxY = y;
+  }
+  box(): BoxXyxy {
+    return this.maxY < 0 ? [0, 0, 0, 0] : [this.minX, this.minY, this.maxX, this.maxY];
+  }
+}
+
 export interface MaskLogitStats {
   /** float32 stability score (NaN when no logit exceeds t - offset). */
   stabilityScore: number;
@@ -67,10 +91,7 @@ export function maskLogitStats(
   let intersections = 0;
   let unions = 0;
   let area = 0;
-  let minX = w;
-  let maxX = -1;
-  let minY = h;
-  let maxY = -1;
+  const scan = new BoxScan(w);
   for (let y = 0; y < h; y++) {
     const rowStart = offset + y * w;
     const outRow = y * w;
@@ -89,24 +110,15 @@ export function maskLogitStats(
         outMask[outRow + x] = 0;
       }
     }
-    if (first >= 0) {
-      if (first < minX) minX = first;
-      if (last > maxX) maxX = last;
-      if (minY === h) minY = y;
-      maxY = y;
-    }
+    if (first >= 0) scan.row(y, first, last);
   }
-  const box: BoxXyxy = area === 0 ? [0, 0, 0, 0] : [minX, minY, maxX, maxY];
-  return { stabilityScore: Math.fround(intersections / unions), area, box };
+  return { stabilityScore: Math.fround(intersections / unions), area, box: scan.box() };
 }
 
 /** amg.py batched_mask_to_box for one row-major mask: XYXY, inclusive max, empty → [0,0,0,0]. */
 export function maskToBox(mask: BinaryMask): BoxXyxy {
   const { data, h, w } = mask;
-  let minX = w;
-  let maxX = -1;
-  let minY = h;
-  let maxY = -1;
+  const scan = new BoxScan(w);
   for (let y = 0; y < h; y++) {
     const row = y * w;
     let first = -1;
@@ -117,14 +129,9 @@ export function maskToBox(mask: BinaryMask): BoxXyxy {
         last = x;
       }
     }
-    if (first >= 0) {
-      if (first < minX) minX = first;
-      if (last > maxX) maxX = last;
-      if (minY === h) minY = y;
-      maxY = y;
-    }
+    if (first >= 0) scan.row(y, first, last);
   }
-  return maxY < 0 ? [0, 0, 0, 0] : [minX, minY, maxX, maxY];
+  return scan.box();
 }
 
 /** amg.py batched_mask_to_box for masks [n, h, w] (row-major bytes) → Int32Array [n, 4] XYXY. */
@@ -163,28 +170,26 @@ export function isBoxNearCropEdge(
 
 type NumericArray = number[] | Float32Array | Float64Array | Int32Array;
 
-/** amg.py uncrop_boxes_xyxy: boxes [n, 4] XYXY (flat) shifted by the crop's (x0, y0); returns a copy. */
-export function uncropBoxesXyxy<T extends NumericArray>(boxes: T, cropBox: BoxXyxy): T {
-  const out = boxes.slice() as T;
+/** A copy of flat (x, y, x, y, ...) values with the crop's (x0, y0) added: even slots x, odd y. */
+function uncropXy<T extends NumericArray>(values: T, cropBox: BoxXyxy, stride: number): T {
+  const out = values.slice() as T;
   const [x0, y0] = cropBox;
-  for (let i = 0; i + 3 < out.length; i += 4) {
+  const n = out.length - (out.length % stride);
+  for (let i = 0; i < n; i += 2) {
     out[i] += x0;
     out[i + 1] += y0;
-    out[i + 2] += x0;
-    out[i + 3] += y0;
   }
   return out;
 }
 
+/** amg.py uncrop_boxes_xyxy: boxes [n, 4] XYXY (flat) shifted by the crop's (x0, y0); returns a copy. */
+export function uncropBoxesXyxy<T extends NumericArray>(boxes: T, cropBox: BoxXyxy): T {
+  return uncropXy(boxes, cropBox, 4);
+}
+
 /** amg.py uncrop_points: points [n, 2] (x, y) (flat) shifted by the crop's (x0, y0); returns a copy. */
 export function uncropPoints<T extends NumericArray>(points: T, cropBox: BoxXyxy): T {
-  const out = points.slice() as T;
-  const [x0, y0] = cropBox;
-  for (let i = 0; i + 1 < out.length; i += 2) {
-    out[i] += x0;
-    out[i + 1] += y0;
-  }
-  return out;
+  return uncropXy(points, cropBox, 2);
 }
 
 /** amg.py box_xyxy_to_xywh: [x0, y0, x1 - x0, y1 - y0] (no +1, as SAM writes `bbox`). */

@@ -1,3 +1,4 @@
+import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import * as ort from 'onnxruntime-node';
 import { StageTimes } from '../core/timings.js';
 import { applyCoords } from '../core/transforms.js';
@@ -7,7 +8,7 @@ import { cropImage, preprocess, type RgbImage } from '../io/image.js';
 import { LABEL, type ImageState } from './predictor.js';
 import type { DecoderSession, EncoderSession } from './model.js';
 
-const LOW_LEN = 256 * 256;
+const LOW_LEN = LOW_RES_LENGTH;
 /**
  * Prompts per batched-decoder call. On a CPU the decoder's intermediates for 64 prompts
  * (~4 GB for vit_t) cost more in memory traffic than batching saves: measured on 2 cores with
@@ -49,7 +50,7 @@ export class OnnxAmgPredictor implements AmgPredictor {
       const embeddings = await this.timings.time('encoder', () => encoder.run(tensor));
       state = { embeddings, originalSize: [crop.height, crop.width], inputSize };
     }
-    this.embeddings = new ort.Tensor('float32', state.embeddings, [1, 256, 64, 64]);
+    this.embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
     this.cropSize = state.originalSize;
     return { cropSize: state.originalSize, inputSize: state.inputSize };
   }

@@ -1,3 +1,4 @@
+import { EMBEDDING_DIMS, LOW_RES_LENGTH, LOW_RES_SIDE } from '../core/constants.js';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, join, resolve } from 'node:path';
@@ -32,19 +33,19 @@ type Dims = ReadonlyArray<number | string>;
 
 /** Expected I/O of the official export (scripts/export_onnx_model.py) and the common encoder export. */
 const ENCODER_INPUTS: Record<string, Dims> = { image: [1, 3, 1024, 1024] };
-const ENCODER_OUTPUTS: Record<string, Dims> = { image_embeddings: [1, 256, 64, 64] };
+const ENCODER_OUTPUTS: Record<string, Dims> = { image_embeddings: EMBEDDING_DIMS };
 const DECODER_INPUTS: Record<string, Dims> = {
-  image_embeddings: [1, 256, 64, 64],
+  image_embeddings: EMBEDDING_DIMS,
   point_coords: ['B', 'N', 2],
   point_labels: ['B', 'N'],
-  mask_input: ['B', 1, 256, 256],
+  mask_input: ['B', 1, LOW_RES_SIDE, LOW_RES_SIDE],
   has_mask_input: ['B'],
   orig_im_size: [2],
 };
 const DECODER_OUTPUTS: Record<string, Dims> = {
   masks: ['B', 'M', 'H', 'W'],
   iou_predictions: ['B', 'M'],
-  low_res_masks: ['B', 'M', 256, 256],
+  low_res_masks: ['B', 'M', LOW_RES_SIDE, LOW_RES_SIDE],
 };
 
 /** The batched decoder may end at low_res_masks: orig_im_size and masks are optional. */
@@ -173,7 +174,7 @@ export class DecoderSession {
   private zeroMaskInput(batch: number): ort.Tensor {
     let t = this.zeroMasks.get(batch);
     if (!t) {
-      t = new ort.Tensor('float32', new Float32Array(batch * 256 * 256), [batch, 1, 256, 256]);
+      t = new ort.Tensor('float32', new Float32Array(batch * LOW_RES_LENGTH), [batch, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
       this.zeroMasks.set(batch, t);
     }
     return t;
@@ -191,7 +192,7 @@ export class DecoderSession {
       image_embeddings: feeds.embeddings,
       point_coords: new ort.Tensor('float32', feeds.pointCoords, [b, n, 2]),
       point_labels: new ort.Tensor('float32', feeds.pointLabels, [b, n]),
-      mask_input: hasMask ? new ort.Tensor('float32', feeds.maskInput!, [b, 1, 256, 256]) : this.zeroMaskInput(b),
+      mask_input: hasMask ? new ort.Tensor('float32', feeds.maskInput!, [b, 1, LOW_RES_SIDE, LOW_RES_SIDE]) : this.zeroMaskInput(b),
       has_mask_input: new ort.Tensor('float32', new Float32Array(b).fill(hasMask ? 1 : 0), [b]),
     };
     // A decoder without in-graph upscaling has no orig_im_size input, and ORT refuses unknown feeds.

@@ -1,3 +1,4 @@
+import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import * as ort from 'onnxruntime-node';
 import { applyCoords } from '../core/transforms.js';
 import type { BoxXyxy, Size } from '../core/types.js';
@@ -77,7 +78,7 @@ export class SamPredictor {
     private readonly decoder: DecoderSession,
     readonly state: ImageState,
   ) {
-    this.embeddings = new ort.Tensor('float32', state.embeddings, [1, 256, 64, 64]);
+    this.embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
   }
 
   async predict(prompt: Prompt, multimask: boolean): Promise<Prediction> {
@@ -122,7 +123,7 @@ export class SamPredictor {
     const m = res.numMasks;
     const [first, count] = m === 1 ? [0, 1] : multimask ? [1, m - 1] : [0, 1];
     const plane = h * w;
-    const low = 256 * 256;
+    const low = LOW_RES_LENGTH;
     return {
       masks: res.masks!.slice(first * plane, (first + count) * plane),
       iouPredictions: res.iouPredictions.slice(first, first + count),

@@ -1,3 +1,4 @@
+import { EMBEDDING_DIMS, EMBEDDING_LENGTH } from '../core/constants.js';
 import { readFile } from 'node:fs/promises';
 import type { Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
@@ -9,7 +10,7 @@ import { writeFileAtomic } from '../util/atomic.js';
  * 10-line numpy reader (8-byte little-endian header length, JSON header, raw data).
  */
 export const EMBEDDING_FORMAT = 'sam-embedding/1';
-const EMBEDDING_LEN = 256 * 64 * 64;
+const EMBEDDING_LEN = EMBEDDING_LENGTH;
 
 export interface EmbeddingRecord {
   /** [1, 256, 64, 64] */
@@ -33,7 +34,7 @@ export function encodeEmbeddingFile(rec: EmbeddingRecord): Uint8Array {
       input_size: rec.inputSize.join(','),
       ...(rec.image !== undefined ? { image: rec.image } : {}),
     },
-    image_embeddings: { dtype: 'F32', shape: [1, 256, 64, 64], data_offsets: [0, bytes] },
+    image_embeddings: { dtype: 'F32', shape: [...EMBEDDING_DIMS], data_offsets: [0, bytes] },
   };
   let json = JSON.stringify(header);
   // Pad the header with spaces so the data starts 8-byte aligned (allowed by the format).
