@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { AMG_DEFAULTS, SamAutomaticMaskGenerator, type AmgOptions } from '../src/amg/generator.js';
 import { buildPointGrid } from '../src/amg/grid.js';
-import { createUpscaler } from '../src/core/upscale.js';
+import { postprocessMasksReference } from './helpers/reference.js';
 import { decodeRle } from '../src/core/rle.js';
 import { getPreprocessShape } from '../src/core/transforms.js';
 import type { AmgPredictor } from '../src/amg/predictor.js';
@@ -157,11 +157,11 @@ describe('SamAutomaticMaskGenerator with a fake predictor', () => {
   it('stability score is the float32 ratio of the counts above +offset and -offset', async () => {
     const offset = 2;
     const { records } = await generate(SIZE, [DISC], { ...BASE, stabilityScoreThresh: 0, stabilityScoreOffset: offset });
-    // Recompute from the upscaled logits of the same fake output.
+    // Recompute from the same fake output, upscaled by the naive reference (not src's upscaler).
     const p = new DiscPredictor([DISC]);
     const { inputSize } = await p.setCrop([0, 0, 256, 256]);
     const { lowResLogits } = await p.predictPoints(Float32Array.from(records[0].point_coords[0]));
-    const logits = createUpscaler(inputSize, SIZE)(lowResLogits.subarray(0, LOW * LOW));
+    const logits = postprocessMasksReference(lowResLogits.subarray(0, LOW * LOW), inputSize, SIZE);
     let hi = 0;
     let lo = 0;
     for (const v of logits) {

@@ -8,9 +8,10 @@ import { batchedMaskToBox, calculateStabilityScore, isBoxNearCropEdge, maskLogit
 import { batchedNms } from '../src/core/nms.js';
 import { decodeRle, encodeMask, maskToRleUncompressed, rleArea, rleFromString, rleToString } from '../src/core/rle.js';
 import { applyBoxes, applyCoords, getPreprocessShape } from '../src/core/transforms.js';
-import { createUpscaler, postprocessMasksReference } from '../src/core/upscale.js';
+import { createUpscaler } from '../src/core/upscale.js';
 import type { BinaryMask, BoxXyxy, Size } from '../src/core/types.js';
 import { loadGolden } from './helpers/golden.js';
+import { postprocessMasksReference } from './helpers/reference.js';
 
 type Pt = [number, number];
 

@@ -5,8 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { batchedMaskToBox, boxXyxyToXywh, calculateStabilityScore, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../src/core/masks.js';
 import { batchedNms, nms } from '../src/core/nms.js';
 import { cocoToUncompressed, decodeRle, encodeMask, encodeMaskInCrop, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea, rleFromString, rleToBbox, rleToString, uncompressedToCoco } from '../src/core/rle.js';
-import { createUpscaler, postprocessMasksReference } from '../src/core/upscale.js';
+import { createUpscaler } from '../src/core/upscale.js';
 import type { BinaryMask, BoxXyxy } from '../src/core/types.js';
+import { postprocessMasksReference } from './helpers/reference.js';
 
 /** Deterministic PRNG (mulberry32) so failures reproduce. */
 function rng(seed: number): () => number {
@@ -226,7 +227,7 @@ describe('nms', () => {
     expect(batchedNms(boxes, [0.4, 0.5, 0.6], [0, 1, 2], 0.7)).toEqual([2, 1, 0]);
   });
 
-  it('per-class path above 1000 boxes agrees with the coordinate trick', () => {
+  it('per-class path above 1000 boxes keeps the coordinate trick\'s set, by decreasing score', () => {
     const r = rng(3);
     const n = 1200;
     const boxes = new Float32Array(n * 4);
@@ -244,7 +245,11 @@ describe('nms', () => {
     // against the coordinate trick by hand: offsets make categories disjoint.
     const shifted = new Float32Array(boxes);
     for (let i = 0; i < n; i++) for (let k = 0; k < 4; k++) shifted[i * 4 + k] += idxs[i] * 1000;
-    expect(big).toEqual(nms(shifted, scores, 0.5));
+    // Torchvision merges the per-class results with an unstable sort (std::sort), so only the set
+    // and the score order are comparable; the exact tie order is checked against torchvision's
+    // own output in test/nms.test.ts.
+    const byIndex = (a: number, b: number): number => a - b;
+    expect([...big].sort(byIndex)).toEqual([...nms(shifted, scores, 0.5)].sort(byIndex));
     for (let i = 1; i < big.length; i++) expect(scores[big[i - 1]]).toBeGreaterThanOrEqual(scores[big[i]]);
   });
 });

@@ -1,4 +1,5 @@
-import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
+import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH } from '../core/constants.js';
+import { createUpscaler } from '../core/upscale.js';
 import * as ort from 'onnxruntime-node';
 import { applyCoords } from '../core/transforms.js';
 import type { BoxXyxy, Size } from '../core/types.js';
@@ -115,17 +116,30 @@ export class SamPredictor {
     const real = prompt.box ? n : n - 1;
     coords.set(applyCoords(coords.subarray(0, 2 * real), this.state.originalSize), 0);
 
+    // The official export crops its 1024² upscale to round(side * 1024 / long side), which is 0 for
+    // a side under 1/2048 of the other (e.g. 20000x3); ORT's Resize then fails. Such images get
+    // input size 1 on that side (core/transforms.ts), and the upscale runs here instead.
+    const longSide = Math.max(h, w);
+    const inGraph = Math.floor((h * IMAGE_SIZE) / longSide + 0.5) > 0 && Math.floor((w * IMAGE_SIZE) / longSide + 0.5) > 0;
     const res = await this.decoder.run(
-      { embeddings: this.embeddings, pointCoords: coords, pointLabels: labels, batch: 1, numPoints: n, maskInput: prompt.maskInput, origSize: [h, w] },
-      ['masks', 'low_res_masks'],
+      { embeddings: this.embeddings, pointCoords: coords, pointLabels: labels, batch: 1, numPoints: n, maskInput: prompt.maskInput, origSize: inGraph ? [h, w] : [1, 1] },
+      inGraph ? ['masks', 'low_res_masks'] : ['low_res_masks'],
     );
     // Default export: mask 0 is the single-mask output, 1..3 the multimask outputs.
     const m = res.numMasks;
     const [first, count] = m === 1 ? [0, 1] : multimask ? [1, m - 1] : [0, 1];
     const plane = h * w;
     const low = LOW_RES_LENGTH;
+    let masks: Float32Array;
+    if (inGraph) {
+      masks = res.masks!.slice(first * plane, (first + count) * plane);
+    } else {
+      const upscale = createUpscaler(this.state.inputSize, [h, w]);
+      masks = new Float32Array(count * plane);
+      for (let i = 0; i < count; i++) upscale(res.lowResMasks!.subarray((first + i) * low, (first + i + 1) * low), masks.subarray(i * plane, (i + 1) * plane));
+    }
     return {
-      masks: res.masks!.slice(first * plane, (first + count) * plane),
+      masks,
       iouPredictions: res.iouPredictions.slice(first, first + count),
       lowResMasks: res.lowResMasks!.slice(first * low, (first + count) * low),
       count,

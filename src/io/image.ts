@@ -1,3 +1,4 @@
+import { IMAGE_SIZE } from '../core/constants.js';
 import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
 import { getPreprocessShape } from '../core/transforms.js';
@@ -11,7 +12,7 @@ export interface RgbImage {
   height: number;
 }
 
-export const IMAGE_SIZE = 1024;
+export { IMAGE_SIZE };
 export const PIXEL_MEAN = [123.675, 116.28, 103.53] as const;
 export const PIXEL_STD = [58.395, 57.12, 57.375] as const;
 
@@ -72,6 +73,10 @@ export function cropImage(image: RgbImage, box: BoxXyxy): RgbImage {
  * different centre convention, so there we use `affine` (bilinear) with offsets that put output
  * pixel centres at (X + 0.5) / s - 0.5, on an input padded by copying its edges (libvips
  * would otherwise blend edge pixels with black). Measured against PIL in test/preprocess.test.ts.
+ *
+ * Extreme aspect ratios (20000x3, 1x5000): getPreprocessShape clamps a side the official code
+ * rounds to 0 to 1 pixel, so the result is e.g. 1024x1 (a shrink on both axes, which sharp's
+ * resize handles), never a 0-sized image.
  */
 export async function resizeLongestSide(image: RgbImage, longSide = IMAGE_SIZE): Promise<RgbImage> {
   const [newH, newW] = getPreprocessShape(image.height, image.width, longSide);
