@@ -1,10 +1,10 @@
-import { readFile, rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import type { ConvertProgress } from '../convert/convert.js';
 import { SAM_MODEL_TYPES, type SamModelType } from '../convert/configs.js';
-import { SamError, errorMessage, modelError } from '../util/errors.js';
+import { modelError } from '../util/errors.js';
 import { cacheDir, downloadPath, isConverted, pulledModelDir } from '../hub/cache.js';
 import { downloadCheckpoint, partialBytes, type DownloadEvents, type DownloadResult } from '../hub/download.js';
 import { findRegistryEntry, loadRegistry, type RegistryEntry } from '../hub/registry.js';
@@ -156,28 +156,45 @@ export function registerModels(program: Command): void {
         '',
       ].join('\n'),
     );
+  // Help lists the subcommands in the order they are registered.
+  registerList(models);
+  registerPull(models);
+  registerConvert(models);
+  registerVerify(models);
+}
 
+// ---------------------------------------------------------------------------------------------
+// sam models list
+
+function registerList(models: Command): void {
   models
     .command('list')
     .description('known models: name, type, size, sha256, licence, whether pulled, source URL')
     .option('--json', 'print JSON (all fields, full sha256, cache paths)')
     .addHelpText('after', '\nExamples:\n  sam models list\n  sam models list --json\n')
-    .action(async (opts: { json?: boolean }) => {
-      const res = await listModels();
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
-        return;
-      }
-      const rows = [['NAME', 'TYPE', 'SIZE', 'SHA256', 'LICENCE', 'STATE', 'SOURCE']];
-      for (const m of res.models) {
-        const state =
-          m.state === 'partial' && m.size ? `partial ${Math.floor(((m.partialBytes ?? 0) / m.size) * 100)}%` : m.state;
-        rows.push([m.name, m.type, fmtBytes(m.size), m.sha256 ? `${m.sha256.slice(0, 12)}…` : 'unpublished', m.licence, state, m.url]);
-      }
-      process.stdout.write(`${table(rows)}\n`);
-      process.stderr.write(`sam: cache folder ${res.cache}\n`);
-    });
+    .action(modelsList);
+}
 
+async function modelsList(opts: { json?: boolean }): Promise<void> {
+  const res = await listModels();
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+    return;
+  }
+  const rows = [['NAME', 'TYPE', 'SIZE', 'SHA256', 'LICENCE', 'STATE', 'SOURCE']];
+  for (const m of res.models) {
+    const state =
+      m.state === 'partial' && m.size ? `partial ${Math.floor(((m.partialBytes ?? 0) / m.size) * 100)}%` : m.state;
+    rows.push([m.name, m.type, fmtBytes(m.size), m.sha256 ? `${m.sha256.slice(0, 12)}…` : 'unpublished', m.licence, state, m.url]);
+  }
+  process.stdout.write(`${table(rows)}\n`);
+  process.stderr.write(`sam: cache folder ${res.cache}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sam models pull
+
+function registerPull(models: Command): void {
   models
     .command('pull')
     .description('download a known model (resumable, sha256-checked) and convert it to ONNX in the cache folder')
@@ -199,43 +216,61 @@ export function registerModels(program: Command): void {
         '',
       ].join('\n'),
     )
-    .action(async (name: string, opts: PullOptions) => {
-      const entry = await findRegistryEntry(name);
-      if (!isModelType(entry.type)) throw modelError(`registry entry '${name}' has type '${entry.type}', not one of ${SAM_MODEL_TYPES.join(', ')}; fix the registry`);
-      const quiet = opts.quiet ?? false;
-      const log = (line: string): void => {
-        if (!quiet) process.stderr.write(`sam: ${line}\n`);
-      };
-      const dir = pulledModelDir(name);
-      if (!opts.force && !opts.downloadOnly && (await isConverted(dir))) {
-        log(`${name} is already pulled; pass --force to download and convert it again`);
-        process.stdout.write(`${dir}\n`);
-        return;
-      }
-      const started = performance.now();
-      const progress = new DownloadProgress(name, quiet);
-      let dl: DownloadResult;
-      try {
-        dl = await downloadCheckpoint(entry, { force: opts.force, events: progress });
-      } finally {
-        progress.stop();
-      }
-      const dlSeconds = (performance.now() - started) / 1000;
-      const checked = dl.checked ? 'sha256 ok' : 'sha256 not checked (none published)';
-      log(dl.cached ? `${entry.file}: already downloaded, ${checked}` : `${entry.file}: ${fmtBytes(dl.bytes)} in ${dlSeconds.toFixed(1)} s, ${checked}`);
-      if (opts.downloadOnly) {
-        process.stdout.write(`${dl.path}\n`);
-        return;
-      }
-      // A folder without manifest.json in the cache is a leftover; it is ours to replace.
-      if (!(await isConverted(dir))) await rm(dir, { recursive: true, force: true });
-      const { convertCheckpoint } = await loadConverter();
-      const res = await convertCheckpoint(dl.path, entry.type, dir, { force: true, checkpointSha256: dl.sha256, onProgress: convertLogger(quiet) });
-      if (!opts.keepCheckpoint) await rm(dl.path, { force: true });
-      log(`pulled ${name} (${res.type}, id ${res.manifest.id}) into ${res.outDir}: download ${dlSeconds.toFixed(1)} s, convert ${res.seconds.toFixed(1)} s`);
-      process.stdout.write(`${res.outDir}\n`);
-    });
+    .action(modelsPull);
+}
 
+async function modelsPull(name: string, opts: PullOptions): Promise<void> {
+  const entry = await findRegistryEntry(name);
+  if (!isModelType(entry.type)) throw modelError(`registry entry '${name}' has type '${entry.type}', not one of ${SAM_MODEL_TYPES.join(', ')}; fix the registry`);
+  const quiet = opts.quiet ?? false;
+  const log = (line: string): void => {
+    if (!quiet) process.stderr.write(`sam: ${line}\n`);
+  };
+  const dir = pulledModelDir(name);
+  if (!opts.force && !opts.downloadOnly && (await isConverted(dir))) {
+    log(`${name} is already pulled; pass --force to download and convert it again`);
+    process.stdout.write(`${dir}\n`);
+    return;
+  }
+  const { dl, seconds } = await downloadWithProgress(entry, opts.force, quiet, log);
+  if (opts.downloadOnly) {
+    process.stdout.write(`${dl.path}\n`);
+    return;
+  }
+  // A folder without manifest.json in the cache is a leftover; it is ours to replace.
+  if (!(await isConverted(dir))) await rm(dir, { recursive: true, force: true });
+  const { convertCheckpoint } = await loadConverter();
+  const res = await convertCheckpoint(dl.path, entry.type, dir, { force: true, checkpointSha256: dl.sha256, onProgress: convertLogger(quiet) });
+  if (!opts.keepCheckpoint) await rm(dl.path, { force: true });
+  log(`pulled ${name} (${res.type}, id ${res.manifest.id}) into ${res.outDir}: download ${seconds.toFixed(1)} s, convert ${res.seconds.toFixed(1)} s`);
+  process.stdout.write(`${res.outDir}\n`);
+}
+
+/** The verified checkpoint (downloaded now or already there) and the seconds that took. */
+async function downloadWithProgress(
+  entry: RegistryEntry,
+  force: boolean | undefined,
+  quiet: boolean,
+  log: (line: string) => void,
+): Promise<{ dl: DownloadResult; seconds: number }> {
+  const started = performance.now();
+  const progress = new DownloadProgress(entry.name, quiet);
+  let dl: DownloadResult;
+  try {
+    dl = await downloadCheckpoint(entry, { force, events: progress });
+  } finally {
+    progress.stop();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const checked = dl.checked ? 'sha256 ok' : 'sha256 not checked (none published)';
+  log(dl.cached ? `${entry.file}: already downloaded, ${checked}` : `${entry.file}: ${fmtBytes(dl.bytes)} in ${seconds.toFixed(1)} s, ${checked}`);
+  return { dl, seconds };
+}
+
+// ---------------------------------------------------------------------------------------------
+// sam models convert
+
+function registerConvert(models: Command): void {
   models
     .command('convert')
     .description('convert a PyTorch SAM/MobileSAM checkpoint (.pth, .pt, .safetensors) to an ONNX model folder')
@@ -261,30 +296,39 @@ export function registerModels(program: Command): void {
         '',
       ].join('\n'),
     )
-    .action(async (checkpoint: string, opts: ConvertOptions) => {
-      const quiet = opts.quiet ?? false;
-      const { convertCheckpoint } = await loadConverter();
-      const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet), attentionBiases: opts.attentionBiases });
-      if (!quiet) {
-        const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
-        process.stderr.write(`sam: converted ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
-      }
-      process.stdout.write(`${res.outDir}\n`);
-    });
+    .action(modelsConvert);
+}
 
+async function modelsConvert(checkpoint: string, opts: ConvertOptions): Promise<void> {
+  const quiet = opts.quiet ?? false;
+  const { convertCheckpoint } = await loadConverter();
+  const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet), attentionBiases: opts.attentionBiases });
+  if (!quiet) {
+    const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
+    process.stderr.write(`sam: converted ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
+  }
+  process.stdout.write(`${res.outDir}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sam models verify
+
+function registerVerify(models: Command): void {
   models
     .command('verify')
     .description('check a model folder: manifest, every file against its sha256, sessions load and fit the SAM contract')
     .argument('<model>', 'model folder, or the name of a pulled model')
     .addHelpText('after', '\nExit code 0 when everything checks out, 3 (model error) otherwise.\n\nExamples:\n  sam models verify mobile_sam\n  sam models verify models/sam_vit_b\n')
-    .action(async (arg: string) => {
-      const { dir, problems } = await verifyModel(arg, (c) => process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.what}: ${c.detail}\n`));
-      if (problems.length > 0) {
-        const first = problems[0];
-        const more = problems.length > 1 ? ` and ${problems.length - 1} more problem(s)` : '';
-        const fix = dir.startsWith(cacheDir()) ? `run 'sam models pull ${basename(dir)} --force'` : 'convert or download the model again';
-        throw modelError(`${dir}: ${first.what}: ${first.detail}${more}; ${fix}`);
-      }
-      process.stderr.write(`sam: ${dir}: ok\n`);
-    });
+    .action(modelsVerify);
+}
+
+async function modelsVerify(arg: string): Promise<void> {
+  const { dir, problems } = await verifyModel(arg, (c) => process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.what}: ${c.detail}\n`));
+  if (problems.length > 0) {
+    const first = problems[0];
+    const more = problems.length > 1 ? ` and ${problems.length - 1} more problem(s)` : '';
+    const fix = dir.startsWith(cacheDir()) ? `run 'sam models pull ${basename(dir)} --force'` : 'convert or download the model again';
+    throw modelError(`${dir}: ${first.what}: ${first.detail}${more}; ${fix}`);
+  }
+  process.stderr.write(`sam: ${dir}: ok\n`);
 }

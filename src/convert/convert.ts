@@ -105,6 +105,23 @@ async function folderHasEntries(dir: string): Promise<boolean> {
   return entries !== undefined && entries.length > 0;
 }
 
+/** Runs phases, reporting each through `onProgress` and recording its time. */
+class PhaseTimer {
+  readonly phases: PhaseTime[] = [];
+
+  constructor(private readonly onProgress?: (event: ConvertProgress) => void) {}
+
+  async timed<T>(phase: string, fn: () => Promise<T> | T): Promise<T> {
+    this.onProgress?.({ phase, state: 'start' });
+    const t0 = performance.now();
+    const out = await fn();
+    const seconds = (performance.now() - t0) / 1000;
+    this.phases.push({ phase, seconds });
+    this.onProgress?.({ phase, state: 'done', seconds });
+    return out;
+  }
+}
+
 export async function convertCheckpoint(
   checkpointPath: string,
   type: SamModelType | undefined,
@@ -112,107 +129,147 @@ export async function convertCheckpoint(
   opts: ConvertOptions = {},
 ): Promise<ConvertResult> {
   const started = performance.now();
-  const phases: PhaseTime[] = [];
-  const timed = async <T>(phase: string, fn: () => Promise<T> | T): Promise<T> => {
-    opts.onProgress?.({ phase, state: 'start' });
-    const t0 = performance.now();
-    const out = await fn();
-    const seconds = (performance.now() - t0) / 1000;
-    phases.push({ phase, seconds });
-    opts.onProgress?.({ phase, state: 'done', seconds });
-    return out;
-  };
-
-  const ckpt = resolve(checkpointPath);
-  const ckptName = basename(ckpt);
-  const info = await stat(ckpt).catch(() => undefined);
-  if (!info?.isFile()) throw new SamError('input', `checkpoint ${checkpointPath} does not exist or is not a file; pass the .pth/.pt/.safetensors file`);
-  const out = resolve(outDir);
-  const outInfo = await stat(out).catch(() => undefined);
-  if (outInfo && !outInfo.isDirectory()) throw new SamError('output', `--out ${outDir} is a file; pass a folder for the model`);
-  if (await folderHasEntries(out)) {
-    // --force replaces a previous model folder, never an unrelated folder the user pointed at.
-    const isModel = (await stat(join(out, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
-    if (!opts.force || !isModel) {
-      const fix = isModel ? 'pass --force to replace it, or choose another folder' : 'choose an empty or new folder';
-      throw new SamError('output', `--out ${outDir} already exists and is not empty; ${fix}`);
-    }
-  }
-
-  const [sd, source] = await Promise.all([
-    timed('read checkpoint', () => loadStateDict(ckpt)),
-    opts.checkpointSha256
-      ? Promise.resolve({ sha256: opts.checkpointSha256, bytes: info.size })
-      : timed('hash checkpoint', () => sha256OfFile(ckpt)),
-  ]);
-  const modelType = resolveType(sd, type, ckptName);
-  if (opts.attentionBiases === 'zeros' && modelType !== 'vit_t') {
-    throw new SamError('usage', `--attention-biases applies to vit_t (MobileSAM) checkpoints only; ${ckptName} is ${modelType}: drop the option`);
-  }
-  const zeroBiases = opts.attentionBiases === 'zeros';
+  const timer = new PhaseTimer(opts.onProgress);
+  const ckpt = await checkCheckpointFile(checkpointPath);
+  const out = await checkOutDir(outDir, opts.force ?? false);
+  const { sd, source, modelType } = await readCheckpoint(ckpt, type, opts, timer);
 
   // Leftovers of a killed conversion into the same folder.
   await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
   let manifest: ConvertedManifest | undefined;
   // Written into a sibling temp folder (same file system) that is renamed into place at the end.
   await produceDirAtomic(out, async (tmp) => {
-    const threshold = opts.externalDataThreshold ?? EXTERNAL_DATA_THRESHOLD;
-    // Build and write one graph at a time, so each builder's initializers can be collected
-    // before the next graph is built (vit_h's encoder alone is 2.5 GB).
-    const graph = async (what: string, file: string, build: () => GraphBuilder, docString: string): Promise<void> => {
-      const builder = await timed(`build ${what}`, () => {
-        try {
-          return build();
-        } catch (err) {
-          throw asModelError(err, ckptName, what);
-        }
-      });
-      await timed(`write ${what}`, async () => {
-        const model = builder.toModel({ producerName: 'sam-cli convert', producerVersion: packageVersion(), docString });
-        if (initializerBytes(model) > threshold) await serializeWithExternalData(model, join(tmp, file), `${file}.data`);
-        else await writeFile(join(tmp, file), serializeModel(model));
-      });
-    };
-    await graph(
-      'encoder',
-      FILES.encoder,
-      () => (modelType === 'vit_t' ? buildTinyVitEncoder(sd, 'image_encoder.', { attentionBiases: opts.attentionBiases }) : buildVitEncoder(sd, VIT_CONFIGS[modelType])),
-      `SAM ${modelType} image encoder from ${ckptName}`,
-    );
-    await graph('decoder', FILES.decoder, () => buildSamDecoder(sd, { batched: false, upscale: true }), `SAM ${modelType} decoder from ${ckptName}`);
-    // No in-graph upscaling: automatic mask generation reads only low_res_masks, and upscaled
-    // masks would cost B×M×1024×1024 floats per call.
-    await graph(
-      'batched decoder',
-      FILES.batchedDecoder,
-      () => buildSamDecoder(sd, { batched: true, upscale: false }),
-      `SAM ${modelType} batched decoder (low-res masks only) from ${ckptName}`,
-    );
-
-    const files = await timed('checksums', async () => {
-      const names = (await readdir(tmp)).sort();
-      const entries: Record<string, { sha256: string; bytes: number }> = {};
-      for (const name of names) entries[name] = await sha256OfFile(join(tmp, name));
-      return entries;
-    });
-    manifest = {
-      format: MODEL_FORMAT,
-      // A different encoder from the same checkpoint must not share embeddings: its own id.
-      id: `${modelType}-${source.sha256.slice(0, 12)}${zeroBiases ? '-zero-attention-biases' : ''}`,
-      type: modelType,
-      encoder: FILES.encoder,
-      decoder: FILES.decoder,
-      decoderBatched: false,
-      batchedDecoder: FILES.batchedDecoder,
-      description: `SAM ${modelType} converted from ${ckptName} by sam models convert${zeroBiases ? ' (TinyViT attention biases zeroed)' : ''}`,
-      files,
-      source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
-      converter: { name: 'sam-cli', version: packageVersion() },
-    };
+    await writeGraphs(tmp, sd, modelType, ckpt.name, opts, timer);
+    const files = await timer.timed('checksums', () => folderChecksums(tmp));
+    manifest = modelManifest(modelType, ckpt.name, source, files, opts.attentionBiases === 'zeros');
     await writeFile(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   });
   if (!manifest) throw new Error('internal: conversion finished without a manifest');
-  return { outDir: out, type: modelType, manifest, phases, seconds: (performance.now() - started) / 1000 };
+  return { outDir: out, type: modelType, manifest, phases: timer.phases, seconds: (performance.now() - started) / 1000 };
+}
+
+interface CheckpointFile {
+  path: string;
+  name: string;
+  bytes: number;
+}
+
+async function checkCheckpointFile(checkpointPath: string): Promise<CheckpointFile> {
+  const path = resolve(checkpointPath);
+  const info = await stat(path).catch(() => undefined);
+  if (!info?.isFile()) throw new SamError('input', `checkpoint ${checkpointPath} does not exist or is not a file; pass the .pth/.pt/.safetensors file`);
+  return { path, name: basename(path), bytes: info.size };
+}
+
+/** The absolute output folder, once it is known to be new, empty, or a model that `force` replaces. */
+async function checkOutDir(outDir: string, force: boolean): Promise<string> {
+  const out = resolve(outDir);
+  const outInfo = await stat(out).catch(() => undefined);
+  if (outInfo && !outInfo.isDirectory()) throw new SamError('output', `--out ${outDir} is a file; pass a folder for the model`);
+  if (await folderHasEntries(out)) {
+    // --force replaces a previous model folder, never an unrelated folder the user pointed at.
+    const isModel = (await stat(join(out, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
+    if (!force || !isModel) {
+      const fix = isModel ? 'pass --force to replace it, or choose another folder' : 'choose an empty or new folder';
+      throw new SamError('output', `--out ${outDir} already exists and is not empty; ${fix}`);
+    }
+  }
+  return out;
+}
+
+interface SourceChecksum {
+  sha256: string;
+  bytes: number;
+}
+
+/** The state dict, the checkpoint's checksum (hashed alongside the read unless given) and its type. */
+async function readCheckpoint(
+  ckpt: CheckpointFile,
+  type: SamModelType | undefined,
+  opts: ConvertOptions,
+  timer: PhaseTimer,
+): Promise<{ sd: StateDict; source: SourceChecksum; modelType: SamModelType }> {
+  const [sd, source] = await Promise.all([
+    timer.timed('read checkpoint', () => loadStateDict(ckpt.path)),
+    opts.checkpointSha256
+      ? Promise.resolve({ sha256: opts.checkpointSha256, bytes: ckpt.bytes })
+      : timer.timed('hash checkpoint', () => sha256OfFile(ckpt.path)),
+  ]);
+  const modelType = resolveType(sd, type, ckpt.name);
+  if (opts.attentionBiases === 'zeros' && modelType !== 'vit_t') {
+    throw new SamError('usage', `--attention-biases applies to vit_t (MobileSAM) checkpoints only; ${ckpt.name} is ${modelType}: drop the option`);
+  }
+  return { sd, source, modelType };
+}
+
+/** encoder.onnx, decoder.onnx and decoder_batched.onnx into `tmp`. */
+async function writeGraphs(tmp: string, sd: StateDict, modelType: SamModelType, ckptName: string, opts: ConvertOptions, timer: PhaseTimer): Promise<void> {
+  const threshold = opts.externalDataThreshold ?? EXTERNAL_DATA_THRESHOLD;
+  // Build and write one graph at a time, so each builder's initializers can be collected
+  // before the next graph is built (vit_h's encoder alone is 2.5 GB).
+  const graph = async (what: string, file: string, build: () => GraphBuilder, docString: string): Promise<void> => {
+    const builder = await timer.timed(`build ${what}`, () => {
+      try {
+        return build();
+      } catch (err) {
+        throw asModelError(err, ckptName, what);
+      }
+    });
+    await timer.timed(`write ${what}`, () => writeGraph(builder, tmp, file, docString, threshold));
+  };
+  await graph(
+    'encoder',
+    FILES.encoder,
+    () => (modelType === 'vit_t' ? buildTinyVitEncoder(sd, 'image_encoder.', { attentionBiases: opts.attentionBiases }) : buildVitEncoder(sd, VIT_CONFIGS[modelType])),
+    `SAM ${modelType} image encoder from ${ckptName}`,
+  );
+  await graph('decoder', FILES.decoder, () => buildSamDecoder(sd, { batched: false, upscale: true }), `SAM ${modelType} decoder from ${ckptName}`);
+  // No in-graph upscaling: automatic mask generation reads only low_res_masks, and upscaled
+  // masks would cost B×M×1024×1024 floats per call.
+  await graph(
+    'batched decoder',
+    FILES.batchedDecoder,
+    () => buildSamDecoder(sd, { batched: true, upscale: false }),
+    `SAM ${modelType} batched decoder (low-res masks only) from ${ckptName}`,
+  );
+}
+
+/** `dir/file`; initializers beyond `threshold` bytes go to `<file>.data` beside it. */
+async function writeGraph(builder: GraphBuilder, dir: string, file: string, docString: string, threshold: number): Promise<void> {
+  const model = builder.toModel({ producerName: 'sam-cli convert', producerVersion: packageVersion(), docString });
+  if (initializerBytes(model) > threshold) await serializeWithExternalData(model, join(dir, file), `${file}.data`);
+  else await writeFile(join(dir, file), serializeModel(model));
+}
+
+/** sha256 and size of every file in `dir`, by name in sorted order. */
+async function folderChecksums(dir: string): Promise<ConvertedManifest['files']> {
+  const names = (await readdir(dir)).sort();
+  const entries: ConvertedManifest['files'] = {};
+  for (const name of names) entries[name] = await sha256OfFile(join(dir, name));
+  return entries;
+}
+
+function modelManifest(
+  modelType: SamModelType,
+  ckptName: string,
+  source: SourceChecksum,
+  files: ConvertedManifest['files'],
+  zeroBiases: boolean,
+): ConvertedManifest {
+  return {
+    format: MODEL_FORMAT,
+    // A different encoder from the same checkpoint must not share embeddings: its own id.
+    id: `${modelType}-${source.sha256.slice(0, 12)}${zeroBiases ? '-zero-attention-biases' : ''}`,
+    type: modelType,
+    encoder: FILES.encoder,
+    decoder: FILES.decoder,
+    decoderBatched: false,
+    batchedDecoder: FILES.batchedDecoder,
+    description: `SAM ${modelType} converted from ${ckptName} by sam models convert${zeroBiases ? ' (TinyViT attention biases zeroed)' : ''}`,
+    files,
+    source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
+    converter: { name: 'sam-cli', version: packageVersion() },
+  };
 }
 
 function resolveType(sd: StateDict, type: SamModelType | undefined, ckptName: string): SamModelType {

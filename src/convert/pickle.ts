@@ -2,6 +2,10 @@
  * A minimal, safe unpickler (protocols 0-5). It never imports or calls anything: every global
  * reference, call (REDUCE/NEWOBJ/INST/OBJ), attribute restore (BUILD) and persistent id is handed
  * to the caller's hooks, which decide what a value means or refuse it.
+ *
+ * Layout: `PickleReader` reads bounds-checked operands, `Unpickler` holds the stack machine
+ * (stack, MARK metastack, memo), and one handler table per opcode group says what each opcode
+ * does; `unpickle` runs the table until STOP.
  */
 
 /** Opaque values created by the hooks (globals, tensors, storages). */
@@ -31,261 +35,430 @@ export class PickleError extends Error {
   }
 }
 
-const utf8 = new TextDecoder('utf-8');
-
 export interface UnpickleResult {
   value: PyValue;
   /** Offset just past the STOP opcode (several pickles may follow each other). */
   end: number;
 }
 
-export function unpickle(bytes: Uint8Array, hooks: UnpickleHooks, start = 0): UnpickleResult {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let pos = start;
-  let stack: PyValue[] = [];
-  const metastack: PyValue[][] = [];
-  const memo = new Map<number, PyValue>();
+/** Opcodes by their names in CPython's Lib/pickle.py. */
+const OP = {
+  // protocol 0 and 1
+  MARK: 0x28, STOP: 0x2e, POP: 0x30, POP_MARK: 0x31, DUP: 0x32, FLOAT: 0x46, INT: 0x49, BININT: 0x4a,
+  BININT1: 0x4b, LONG: 0x4c, BININT2: 0x4d, NONE: 0x4e, PERSID: 0x50, BINPERSID: 0x51, REDUCE: 0x52,
+  STRING: 0x53, BINSTRING: 0x54, SHORT_BINSTRING: 0x55, UNICODE: 0x56, BINUNICODE: 0x58, APPEND: 0x61,
+  BUILD: 0x62, GLOBAL: 0x63, DICT: 0x64, EMPTY_DICT: 0x7d, APPENDS: 0x65, GET: 0x67, BINGET: 0x68,
+  INST: 0x69, LONG_BINGET: 0x6a, LIST: 0x6c, EMPTY_LIST: 0x5d, OBJ: 0x6f, PUT: 0x70, BINPUT: 0x71,
+  LONG_BINPUT: 0x72, SETITEM: 0x73, TUPLE: 0x74, EMPTY_TUPLE: 0x29, SETITEMS: 0x75, BINFLOAT: 0x47,
+  // protocol 2
+  PROTO: 0x80, NEWOBJ: 0x81, EXT1: 0x82, EXT2: 0x83, EXT4: 0x84, TUPLE1: 0x85, TUPLE2: 0x86,
+  TUPLE3: 0x87, NEWTRUE: 0x88, NEWFALSE: 0x89, LONG1: 0x8a, LONG4: 0x8b,
+  // protocol 3
+  BINBYTES: 0x42, SHORT_BINBYTES: 0x43,
+  // protocol 4
+  SHORT_BINUNICODE: 0x8c, BINUNICODE8: 0x8d, BINBYTES8: 0x8e, EMPTY_SET: 0x8f, ADDITEMS: 0x90,
+  FROZENSET: 0x91, NEWOBJ_EX: 0x92, STACK_GLOBAL: 0x93, MEMOIZE: 0x94, FRAME: 0x95,
+  // protocol 5
+  BYTEARRAY8: 0x96, NEXT_BUFFER: 0x97, READONLY_BUFFER: 0x98,
+} as const;
 
-  const need = (n: number): void => {
-    if (pos + n > bytes.length) throw new PickleError('pickle data is truncated', true);
-  };
-  const take = (n: number): Uint8Array => {
-    need(n);
-    const out = bytes.subarray(pos, pos + n);
-    pos += n;
+const truncated = (): PickleError => new PickleError('pickle data is truncated', true);
+const utf8 = new TextDecoder('utf-8');
+
+/** The pickle bytes and a read position; every read checks that its operand is all there. */
+class PickleReader {
+  private readonly view: DataView;
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    public pos: number,
+  ) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  private need(n: number): void {
+    if (this.pos + n > this.bytes.length) throw truncated();
+  }
+
+  /** A view into the pickle bytes (not a copy). */
+  take(n: number): Uint8Array {
+    this.need(n);
+    const out = this.bytes.subarray(this.pos, this.pos + n);
+    this.pos += n;
     return out;
-  };
-  const u8 = (): number => { need(1); return bytes[pos++]; };
-  const u16 = (): number => { need(2); const v = view.getUint16(pos, true); pos += 2; return v; };
-  const u32 = (): number => { need(4); const v = view.getUint32(pos, true); pos += 4; return v; };
-  const i32 = (): number => { need(4); const v = view.getInt32(pos, true); pos += 4; return v; };
-  const u64 = (): number => {
-    need(8);
-    const v = view.getBigUint64(pos, true);
-    pos += 8;
-    if (v > BigInt(bytes.length)) throw new PickleError('pickle data is truncated', true);
+  }
+
+  u8(): number {
+    this.need(1);
+    return this.bytes[this.pos++];
+  }
+
+  u16(): number {
+    this.need(2);
+    const v = this.view.getUint16(this.pos, true);
+    this.pos += 2;
+    return v;
+  }
+
+  u32(): number {
+    this.need(4);
+    const v = this.view.getUint32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+
+  i32(): number {
+    this.need(4);
+    const v = this.view.getInt32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+
+  /** An 8-byte length; one longer than the whole pickle can only mean truncated data. */
+  u64(): number {
+    this.need(8);
+    const v = this.view.getBigUint64(this.pos, true);
+    this.pos += 8;
+    if (v > BigInt(this.bytes.length)) throw truncated();
     return Number(v);
-  };
-  const line = (): string => {
-    const nl = bytes.indexOf(0x0a, pos);
-    if (nl < 0) throw new PickleError('pickle data is truncated', true);
-    const s = Buffer.from(bytes.buffer, bytes.byteOffset + pos, nl - pos).toString('latin1');
-    pos = nl + 1;
+  }
+
+  /** BINFLOAT's operand is big-endian, unlike every other binary operand. */
+  f64be(): number {
+    this.need(8);
+    const v = this.view.getFloat64(this.pos, false);
+    this.pos += 8;
+    return v;
+  }
+
+  /** A protocol-0 text operand up to (not including) the next newline, as latin1. */
+  line(): string {
+    const nl = this.bytes.indexOf(0x0a, this.pos);
+    if (nl < 0) throw truncated();
+    const s = Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.pos, nl - this.pos).toString('latin1');
+    this.pos = nl + 1;
     return s;
-  };
-  const pop = (): PyValue => {
-    if (stack.length === 0) throw new PickleError(`pickle stack underflow at byte ${pos - 1}`);
-    return stack.pop() as PyValue;
-  };
-  const top = (): PyValue => {
-    if (stack.length === 0) throw new PickleError(`pickle stack underflow at byte ${pos - 1}`);
-    return stack[stack.length - 1];
-  };
-  // Callers must take the result before touching `stack`, which this replaces
-  // (`stack.push(popMark())` would push onto the discarded inner stack).
-  const popMark = (): PyValue[] => {
-    const items = stack;
-    const prev = metastack.pop();
+  }
+}
+
+/** The pickle machine: the stack, the stacks that MARK set aside, and the memo. */
+class Unpickler {
+  private stack: PyValue[] = [];
+  private readonly metastack: PyValue[][] = [];
+  private readonly memo = new Map<number, PyValue>();
+
+  constructor(
+    readonly r: PickleReader,
+    readonly hooks: UnpickleHooks,
+  ) {}
+
+  push(v: PyValue): void {
+    this.stack.push(v);
+  }
+
+  pop(): PyValue {
+    if (this.stack.length === 0) throw this.underflow();
+    return this.stack.pop() as PyValue;
+  }
+
+  top(): PyValue {
+    if (this.stack.length === 0) throw this.underflow();
+    return this.stack[this.stack.length - 1];
+  }
+
+  /** The opcode being run is the byte before the operands read so far. */
+  private underflow(): PickleError {
+    return new PickleError(`pickle stack underflow at byte ${this.r.pos - 1}`);
+  }
+
+  mark(): void {
+    this.metastack.push(this.stack);
+    this.stack = [];
+  }
+
+  /**
+   * The items since the last MARK; the stack before that MARK becomes current again. `push`
+   * reads the stack when it runs, so `u.push(u.popMark())` lands on the restored stack.
+   */
+  popMark(): PyValue[] {
+    const items = this.stack;
+    const prev = this.metastack.pop();
     if (prev === undefined) throw new PickleError('pickle MARK missing');
-    stack = prev;
+    this.stack = prev;
     return items;
-  };
-  const memoGet = (i: number): PyValue => {
-    if (!memo.has(i)) throw new PickleError(`pickle memo key ${i} missing`);
-    return memo.get(i) as PyValue;
-  };
-  const asList = (v: PyValue, op: string): PyValue[] => {
-    if (!Array.isArray(v)) throw new PickleError(`pickle ${op} on a non-list`);
-    return v;
-  };
-  const asDict = (v: PyValue, op: string): PyDict => {
-    if (!(v instanceof Map)) throw new PickleError(`pickle ${op} on a non-dict`);
-    return v;
-  };
-  const setItems = (dict: PyDict, items: PyValue[]): void => {
-    if (items.length % 2 !== 0) throw new PickleError('pickle SETITEMS with an odd item count');
-    for (let i = 0; i < items.length; i += 2) dict.set(items[i], items[i + 1]);
-  };
-  /** Python ints: numbers when exact, bigints beyond 2^53. */
-  const fromLong = (b: Uint8Array): number | bigint => {
-    if (b.length === 0) return 0;
-    let v = 0n;
-    for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
-    if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
-    return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
-  };
-  const textInt = (s: string): number | bigint => {
-    const t = s.endsWith('L') ? s.slice(0, -1) : s;
-    if (!/^[+-]?\d+$/.test(t)) throw new PickleError(`pickle INT has a malformed value ${JSON.stringify(s)}`);
-    const v = BigInt(t);
-    return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
-  };
-  const copy = (b: Uint8Array): Uint8Array => new Uint8Array(b);
+  }
 
+  memoPut(key: number, value: PyValue): void {
+    this.memo.set(key, value);
+  }
+
+  /** MEMOIZE's key: the next index. */
+  memoSize(): number {
+    return this.memo.size;
+  }
+
+  memoGet(key: number): PyValue {
+    if (!this.memo.has(key)) throw new PickleError(`pickle memo key ${key} missing`);
+    return this.memo.get(key) as PyValue;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value helpers.
+
+function asList(v: PyValue, op: string): PyValue[] {
+  if (!Array.isArray(v)) throw new PickleError(`pickle ${op} on a non-list`);
+  return v;
+}
+
+function asDict(v: PyValue, op: string): PyDict {
+  if (!(v instanceof Map)) throw new PickleError(`pickle ${op} on a non-dict`);
+  return v;
+}
+
+/** `items` alternate key, value. */
+function setItems(dict: PyDict, items: PyValue[]): void {
+  if (items.length % 2 !== 0) throw new PickleError('pickle SETITEMS with an odd item count');
+  for (let i = 0; i < items.length; i += 2) dict.set(items[i], items[i + 1]);
+}
+
+/** Python ints: numbers when exact, bigints beyond 2^53. */
+function exactInt(v: bigint): number | bigint {
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+}
+
+/** LONG1/LONG4 operand: little-endian two's complement of any length. */
+function fromLong(b: Uint8Array): number | bigint {
+  if (b.length === 0) return 0;
+  let v = 0n;
+  for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+  if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
+  return exactInt(v);
+}
+
+/** INT/LONG/PUT/GET text operand: decimal, Python 2 longs with a trailing L. */
+function textInt(s: string): number | bigint {
+  const t = s.endsWith('L') ? s.slice(0, -1) : s;
+  if (!/^[+-]?\d+$/.test(t)) throw new PickleError(`pickle INT has a malformed value ${JSON.stringify(s)}`);
+  return exactInt(BigInt(t));
+}
+
+/** Bytes values outlive the pickle buffer: copy them out of it. */
+const copy = (b: Uint8Array): Uint8Array => new Uint8Array(b);
+
+/** raw-unicode-escape: only \uXXXX and \UXXXXXXXX are escapes. */
+function rawUnicodeEscape(s: string): string {
+  return s.replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_m, a: string | undefined, b: string | undefined) =>
+    String.fromCodePoint(Number.parseInt(a ?? b ?? '0', 16)));
+}
+
+/** STRING (quoted repr): only the escape-free form, which torch never needs anyway. */
+function quotedString(s: string): string {
+  const q = s[0];
+  if ((q !== "'" && q !== '"') || s[s.length - 1] !== q || s.includes('\\')) {
+    throw new PickleError('pickle STRING with escapes is not supported');
+  }
+  return s.slice(1, -1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opcode handlers, one table per group. STOP is not here: it ends the loop in `unpickle`.
+
+type Handler = (u: Unpickler) => void;
+type OpGroup = Partial<Record<keyof typeof OP, Handler>>;
+
+const FRAMING_OPS: OpGroup = {
+  PROTO: (u) => {
+    if (u.r.u8() > 5) throw new PickleError('pickle protocol newer than 5');
+  },
+  // Framing is only a read-ahead hint.
+  FRAME: (u) => void u.r.take(8),
+};
+
+const STACK_OPS: OpGroup = {
+  MARK: (u) => u.mark(),
+  POP: (u) => void u.pop(),
+  POP_MARK: (u) => void u.popMark(),
+  DUP: (u) => u.push(u.top()),
+};
+
+const NUMBER_OPS: OpGroup = {
+  NONE: (u) => u.push(null),
+  NEWTRUE: (u) => u.push(true),
+  NEWFALSE: (u) => u.push(false),
+  BININT: (u) => u.push(u.r.i32()),
+  BININT1: (u) => u.push(u.r.u8()),
+  BININT2: (u) => u.push(u.r.u16()),
+  LONG1: (u) => u.push(fromLong(u.r.take(u.r.u8()))),
+  LONG4: (u) => {
+    const n = u.r.i32();
+    if (n < 0) throw new PickleError('pickle LONG4 with a negative length');
+    u.push(fromLong(u.r.take(n)));
+  },
+  // Protocol 0 writes the booleans as INT "00" and "01".
+  INT: (u) => {
+    const s = u.r.line();
+    u.push(s === '00' ? false : s === '01' ? true : textInt(s));
+  },
+  LONG: (u) => u.push(textInt(u.r.line())),
+  BINFLOAT: (u) => u.push(u.r.f64be()),
+  FLOAT: (u) => u.push(Number.parseFloat(u.r.line())),
+};
+
+const STRING_OPS: OpGroup = {
+  BINUNICODE: (u) => u.push(utf8.decode(u.r.take(u.r.u32()))),
+  SHORT_BINUNICODE: (u) => u.push(utf8.decode(u.r.take(u.r.u8()))),
+  BINUNICODE8: (u) => u.push(utf8.decode(u.r.take(u.r.u64()))),
+  // Python 2 str: torch.load decodes these with encoding='utf-8'.
+  BINSTRING: (u) => u.push(utf8.decode(u.r.take(u.r.i32()))),
+  SHORT_BINSTRING: (u) => u.push(utf8.decode(u.r.take(u.r.u8()))),
+  UNICODE: (u) => u.push(rawUnicodeEscape(u.r.line())),
+  STRING: (u) => u.push(quotedString(u.r.line())),
+  BINBYTES: (u) => u.push(copy(u.r.take(u.r.u32()))),
+  SHORT_BINBYTES: (u) => u.push(copy(u.r.take(u.r.u8()))),
+  BINBYTES8: (u) => u.push(copy(u.r.take(u.r.u64()))),
+  BYTEARRAY8: (u) => u.push(copy(u.r.take(u.r.u64()))),
+};
+
+const CONTAINER_OPS: OpGroup = {
+  EMPTY_TUPLE: (u) => u.push([]),
+  TUPLE1: (u) => u.push([u.pop()]),
+  TUPLE2: (u) => {
+    const b = u.pop();
+    const a = u.pop();
+    u.push([a, b]);
+  },
+  TUPLE3: (u) => {
+    const c = u.pop();
+    const b = u.pop();
+    const a = u.pop();
+    u.push([a, b, c]);
+  },
+  TUPLE: (u) => u.push(u.popMark()),
+  EMPTY_LIST: (u) => u.push([]),
+  LIST: (u) => u.push(u.popMark()),
+  APPEND: (u) => {
+    const v = u.pop();
+    asList(u.top(), 'APPEND').push(v);
+  },
+  APPENDS: (u) => {
+    const items = u.popMark();
+    const l = asList(u.top(), 'APPENDS');
+    for (const v of items) l.push(v);
+  },
+  EMPTY_SET: (u) => u.push([]),
+  ADDITEMS: (u) => {
+    const items = u.popMark();
+    const s = asList(u.top(), 'ADDITEMS');
+    for (const v of items) s.push(v);
+  },
+  FROZENSET: (u) => u.push(u.popMark()),
+  EMPTY_DICT: (u) => u.push(new Map()),
+  DICT: (u) => {
+    const d: PyDict = new Map();
+    setItems(d, u.popMark());
+    u.push(d);
+  },
+  SETITEM: (u) => {
+    const v = u.pop();
+    const k = u.pop();
+    asDict(u.top(), 'SETITEM').set(k, v);
+  },
+  SETITEMS: (u) => {
+    const items = u.popMark();
+    setItems(asDict(u.top(), 'SETITEMS'), items);
+  },
+};
+
+// The operand is read before the stack is looked at, as CPython's load_binput does.
+const MEMO_OPS: OpGroup = {
+  BINPUT: (u) => u.memoPut(u.r.u8(), u.top()),
+  LONG_BINPUT: (u) => u.memoPut(u.r.u32(), u.top()),
+  MEMOIZE: (u) => u.memoPut(u.memoSize(), u.top()),
+  PUT: (u) => u.memoPut(Number(textInt(u.r.line())), u.top()),
+  BINGET: (u) => u.push(u.memoGet(u.r.u8())),
+  LONG_BINGET: (u) => u.push(u.memoGet(u.r.u32())),
+  GET: (u) => u.push(u.memoGet(Number(textInt(u.r.line())))),
+};
+
+/** Everything that resolves or calls Python objects goes through the hooks. */
+const OBJECT_OPS: OpGroup = {
+  GLOBAL: (u) => {
+    const module = u.r.line();
+    const name = u.r.line();
+    u.push(u.hooks.findClass(module, name));
+  },
+  STACK_GLOBAL: (u) => {
+    const name = u.pop();
+    const module = u.pop();
+    if (typeof module !== 'string' || typeof name !== 'string') throw new PickleError('pickle STACK_GLOBAL needs two strings');
+    u.push(u.hooks.findClass(module, name));
+  },
+  REDUCE: (u) => {
+    const args = u.pop();
+    const fn = u.pop();
+    u.push(u.hooks.call(fn, asList(args, 'REDUCE')));
+  },
+  // cls.__new__(cls, *args)
+  NEWOBJ: (u) => {
+    const args = u.pop();
+    const cls = u.pop();
+    u.push(u.hooks.call(cls, asList(args, 'NEWOBJ')));
+  },
+  // Keyword arguments are not part of any state_dict.
+  NEWOBJ_EX: (u) => {
+    const kwargs = u.pop();
+    const args = u.pop();
+    const cls = u.pop();
+    if (!(kwargs instanceof Map) || kwargs.size > 0) throw new PickleError('pickle NEWOBJ_EX with keyword arguments is not supported');
+    u.push(u.hooks.call(cls, asList(args, 'NEWOBJ_EX')));
+  },
+  INST: (u) => {
+    const module = u.r.line();
+    const name = u.r.line();
+    const cls = u.hooks.findClass(module, name);
+    const args = u.popMark();
+    u.push(u.hooks.call(cls, args));
+  },
+  OBJ: (u) => {
+    const items = u.popMark();
+    if (items.length === 0) throw new PickleError('pickle OBJ without a class');
+    u.push(u.hooks.call(items[0], items.slice(1)));
+  },
+  BUILD: (u) => {
+    const state = u.pop();
+    const obj = u.pop();
+    u.push(u.hooks.build(obj, state));
+  },
+  BINPERSID: (u) => u.push(u.hooks.persistentLoad(u.pop())),
+  PERSID: (u) => u.push(u.hooks.persistentLoad(u.r.line())),
+};
+
+const refuse = (message: string): Handler => () => {
+  throw new PickleError(message);
+};
+
+const UNSUPPORTED_OPS: OpGroup = {
+  EXT1: refuse('pickle uses the copyreg extension registry, which is not supported'),
+  EXT2: refuse('pickle uses the copyreg extension registry, which is not supported'),
+  EXT4: refuse('pickle uses the copyreg extension registry, which is not supported'),
+  NEXT_BUFFER: refuse('pickle uses out-of-band buffers, which are not supported'),
+  READONLY_BUFFER: refuse('pickle uses out-of-band buffers, which are not supported'),
+};
+
+/** Handler by opcode byte; undefined for unknown opcodes (and STOP). */
+const DISPATCH: (Handler | undefined)[] = new Array<Handler | undefined>(256);
+for (const group of [FRAMING_OPS, STACK_OPS, NUMBER_OPS, STRING_OPS, CONTAINER_OPS, MEMO_OPS, OBJECT_OPS, UNSUPPORTED_OPS]) {
+  for (const [name, handler] of Object.entries(group)) DISPATCH[OP[name as keyof typeof OP]] = handler;
+}
+
+export function unpickle(bytes: Uint8Array, hooks: UnpickleHooks, start = 0): UnpickleResult {
+  const u = new Unpickler(new PickleReader(bytes, start), hooks);
   for (;;) {
-    const op = u8();
-    switch (op) {
-      case 0x80: // PROTO
-        if (u8() > 5) throw new PickleError('pickle protocol newer than 5');
-        break;
-      case 0x95: // FRAME: framing is only a read-ahead hint
-        take(8);
-        break;
-      case 0x2e: // STOP
-        return { value: pop(), end: pos };
-
-      case 0x28: // MARK
-        metastack.push(stack);
-        stack = [];
-        break;
-      case 0x30: // POP
-        pop();
-        break;
-      case 0x31: // POP_MARK
-        popMark();
-        break;
-      case 0x32: // DUP
-        stack.push(top());
-        break;
-
-      case 0x4e: stack.push(null); break; // NONE
-      case 0x88: stack.push(true); break; // NEWTRUE
-      case 0x89: stack.push(false); break; // NEWFALSE
-      case 0x4a: stack.push(i32()); break; // BININT
-      case 0x4b: stack.push(u8()); break; // BININT1
-      case 0x4d: stack.push(u16()); break; // BININT2
-      case 0x8a: stack.push(fromLong(take(u8()))); break; // LONG1
-      case 0x8b: { // LONG4
-        const n = i32();
-        if (n < 0) throw new PickleError('pickle LONG4 with a negative length');
-        stack.push(fromLong(take(n)));
-        break;
-      }
-      case 0x49: { // INT (protocol 0; "00"/"01" are booleans)
-        const s = line();
-        stack.push(s === '00' ? false : s === '01' ? true : textInt(s));
-        break;
-      }
-      case 0x4c: stack.push(textInt(line())); break; // LONG (protocol 0)
-      case 0x47: { // BINFLOAT (big-endian double)
-        need(8);
-        stack.push(view.getFloat64(pos, false));
-        pos += 8;
-        break;
-      }
-      case 0x46: stack.push(Number.parseFloat(line())); break; // FLOAT (protocol 0)
-
-      case 0x58: stack.push(utf8.decode(take(u32()))); break; // BINUNICODE
-      case 0x8c: stack.push(utf8.decode(take(u8()))); break; // SHORT_BINUNICODE
-      case 0x8d: stack.push(utf8.decode(take(u64()))); break; // BINUNICODE8
-      // Python 2 str: torch.load decodes these with encoding='utf-8'.
-      case 0x54: stack.push(utf8.decode(take(i32()))); break; // BINSTRING
-      case 0x55: stack.push(utf8.decode(take(u8()))); break; // SHORT_BINSTRING
-      case 0x56: // UNICODE (raw-unicode-escape, protocol 0)
-        stack.push(line().replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_m, a: string | undefined, b: string | undefined) =>
-          String.fromCodePoint(Number.parseInt(a ?? b ?? '0', 16))));
-        break;
-      case 0x53: { // STRING (protocol 0, quoted repr): only the escape-free form torch never needs anyway
-        const s = line();
-        const q = s[0];
-        if ((q !== "'" && q !== '"') || s[s.length - 1] !== q || s.includes('\\')) {
-          throw new PickleError('pickle STRING with escapes is not supported');
-        }
-        stack.push(s.slice(1, -1));
-        break;
-      }
-      case 0x42: stack.push(copy(take(u32()))); break; // BINBYTES
-      case 0x43: stack.push(copy(take(u8()))); break; // SHORT_BINBYTES
-      case 0x8e: stack.push(copy(take(u64()))); break; // BINBYTES8
-      case 0x96: stack.push(copy(take(u64()))); break; // BYTEARRAY8
-
-      case 0x29: stack.push([]); break; // EMPTY_TUPLE
-      case 0x85: stack.push([pop()]); break; // TUPLE1
-      case 0x86: { const b = pop(); const a = pop(); stack.push([a, b]); break; } // TUPLE2
-      case 0x87: { const c = pop(); const b = pop(); const a = pop(); stack.push([a, b, c]); break; } // TUPLE3
-      case 0x74: { const items = popMark(); stack.push(items); break; } // TUPLE
-      case 0x5d: stack.push([]); break; // EMPTY_LIST
-      case 0x6c: { const items = popMark(); stack.push(items); break; } // LIST
-      case 0x61: { const v = pop(); asList(top(), 'APPEND').push(v); break; } // APPEND
-      case 0x65: { const items = popMark(); const l = asList(top(), 'APPENDS'); for (const v of items) l.push(v); break; } // APPENDS
-      case 0x8f: stack.push([]); break; // EMPTY_SET
-      case 0x90: { const items = popMark(); const s = asList(top(), 'ADDITEMS'); for (const v of items) s.push(v); break; } // ADDITEMS
-      case 0x91: { const items = popMark(); stack.push(items); break; } // FROZENSET
-      case 0x7d: stack.push(new Map()); break; // EMPTY_DICT
-      case 0x64: { const d: PyDict = new Map(); setItems(d, popMark()); stack.push(d); break; } // DICT
-      case 0x73: { const v = pop(); const k = pop(); asDict(top(), 'SETITEM').set(k, v); break; } // SETITEM
-      case 0x75: { const items = popMark(); setItems(asDict(top(), 'SETITEMS'), items); break; } // SETITEMS
-
-      case 0x71: memo.set(u8(), top()); break; // BINPUT
-      case 0x72: memo.set(u32(), top()); break; // LONG_BINPUT
-      case 0x94: memo.set(memo.size, top()); break; // MEMOIZE
-      case 0x70: memo.set(Number(textInt(line())), top()); break; // PUT
-      case 0x68: stack.push(memoGet(u8())); break; // BINGET
-      case 0x6a: stack.push(memoGet(u32())); break; // LONG_BINGET
-      case 0x67: stack.push(memoGet(Number(textInt(line())))); break; // GET
-
-      case 0x63: { // GLOBAL
-        const module = line();
-        const name = line();
-        stack.push(hooks.findClass(module, name));
-        break;
-      }
-      case 0x93: { // STACK_GLOBAL
-        const name = pop();
-        const module = pop();
-        if (typeof module !== 'string' || typeof name !== 'string') throw new PickleError('pickle STACK_GLOBAL needs two strings');
-        stack.push(hooks.findClass(module, name));
-        break;
-      }
-      case 0x52: { // REDUCE
-        const args = pop();
-        const fn = pop();
-        stack.push(hooks.call(fn, asList(args, 'REDUCE')));
-        break;
-      }
-      case 0x81: { // NEWOBJ: cls.__new__(cls, *args)
-        const args = pop();
-        const cls = pop();
-        stack.push(hooks.call(cls, asList(args, 'NEWOBJ')));
-        break;
-      }
-      case 0x92: { // NEWOBJ_EX: keyword arguments are not part of any state_dict
-        const kwargs = pop();
-        const args = pop();
-        const cls = pop();
-        if (!(kwargs instanceof Map) || kwargs.size > 0) throw new PickleError('pickle NEWOBJ_EX with keyword arguments is not supported');
-        stack.push(hooks.call(cls, asList(args, 'NEWOBJ_EX')));
-        break;
-      }
-      case 0x69: { // INST
-        const module = line();
-        const name = line();
-        const cls = hooks.findClass(module, name);
-        const args = popMark();
-        stack.push(hooks.call(cls, args));
-        break;
-      }
-      case 0x6f: { // OBJ
-        const items = popMark();
-        if (items.length === 0) throw new PickleError('pickle OBJ without a class');
-        stack.push(hooks.call(items[0], items.slice(1)));
-        break;
-      }
-      case 0x62: { // BUILD
-        const state = pop();
-        const obj = pop();
-        stack.push(hooks.build(obj, state));
-        break;
-      }
-      case 0x51: stack.push(hooks.persistentLoad(pop())); break; // BINPERSID
-      case 0x50: stack.push(hooks.persistentLoad(line())); break; // PERSID
-
-      case 0x82: case 0x83: case 0x84: // EXT1/2/4
-        throw new PickleError('pickle uses the copyreg extension registry, which is not supported');
-      case 0x97: case 0x98: // NEXT_BUFFER / READONLY_BUFFER
-        throw new PickleError('pickle uses out-of-band buffers, which are not supported');
-      default:
-        throw new PickleError(`unknown pickle opcode 0x${op.toString(16).padStart(2, '0')} at byte ${pos - 1}`);
-    }
+    const op = u.r.u8();
+    if (op === OP.STOP) return { value: u.pop(), end: u.r.pos };
+    const handler = DISPATCH[op];
+    if (handler === undefined) throw new PickleError(`unknown pickle opcode 0x${op.toString(16).padStart(2, '0')} at byte ${u.r.pos - 1}`);
+    handler(u);
   }
 }

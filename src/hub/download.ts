@@ -1,7 +1,7 @@
 /**
  * Resumable, checksum-verified downloads of the published checkpoints into the cache folder.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { SamError, modelError } from '../util/errors.js';
@@ -185,6 +185,15 @@ async function readMeta(metaPath: string): Promise<PartMeta | undefined> {
   }
 }
 
+/** One download into a `.part` file and its `.part.json` meta. */
+interface PartJob {
+  entry: RegistryEntry;
+  part: string;
+  metaPath: string;
+  expectedSize: number | null;
+  events: DownloadEvents;
+}
+
 /** Fetch into `part` (appending when the server honours Range) and return the whole file's sha256. */
 async function fetchToPart(
   entry: RegistryEntry,
@@ -193,13 +202,41 @@ async function fetchToPart(
   expectedSize: number | null,
   events: DownloadEvents,
 ): Promise<{ sha256: string; bytes: number }> {
-  let have = (await stat(part).catch(() => undefined))?.size ?? 0;
+  const job: PartJob = { entry, part, metaPath, expectedSize, events };
+  const { have, meta } = await resumableBytes(job);
+  const res = await request(entry, rangeHeaders(have, meta));
+  if (res.status === 416 && have > 0) {
+    return (await completeOn416(job, res, have)) ?? fetchToPart(entry, part, metaPath, expectedSize, events);
+  }
+  const { from, total } = await acceptResponse(job, res, have);
+  if (from === 0) {
+    const newMeta: PartMeta = { url: entry.url, total, etag: res.headers.get('etag') ?? undefined, lastModified: res.headers.get('last-modified') ?? undefined };
+    await writeFileAtomic(metaPath, JSON.stringify(newMeta));
+  }
+  // Hash the bytes already on disk so the final digest covers the whole file.
+  const hash = from > 0 ? await hashFile(part, { end: from - 1 }) : createHash('sha256');
+  events.start?.({ url: entry.url, total, from, resumed: from > 0 });
+  if (!res.body) throw modelError(`cannot download ${entry.url}: empty response; ${OFFLINE_FIX(entry)}`);
+  const received = await streamToPart(job, res.body, from, total, hash);
+  if (total !== undefined && received !== total) {
+    throw modelError(`download of ${entry.url} ended after ${received} of ${total} bytes; run the same command again to resume`);
+  }
+  return { sha256: hash.digest('hex'), bytes: received };
+}
+
+/** Bytes of `part` that can be resumed from (0 after discarding one that cannot) and its meta. */
+async function resumableBytes({ entry, part, metaPath, expectedSize }: PartJob): Promise<{ have: number; meta: PartMeta | undefined }> {
+  const have = (await stat(part).catch(() => undefined))?.size ?? 0;
   const meta = await readMeta(metaPath);
   if (have > 0 && (meta?.url !== entry.url || (expectedSize !== null && have > expectedSize))) {
     // Not a prefix of this file (another URL, or longer than it): start over.
     await discard(part, metaPath);
-    have = 0;
+    return { have: 0, meta };
   }
+  return { have, meta };
+}
+
+function rangeHeaders(have: number, meta: PartMeta | undefined): Record<string, string> {
   const headers: Record<string, string> = { 'user-agent': 'sam-cli' };
   if (have > 0) {
     headers.range = `bytes=${have}-`;
@@ -207,20 +244,34 @@ async function fetchToPart(
     const validator = meta?.etag && !meta.etag.startsWith('W/') ? meta.etag : meta?.lastModified;
     if (validator) headers['if-range'] = validator;
   }
-  let res: Response;
+  return headers;
+}
+
+async function request(entry: RegistryEntry, headers: Record<string, string>): Promise<Response> {
   try {
-    res = await fetch(entry.url, { headers, redirect: 'follow' });
+    return await fetch(entry.url, { headers, redirect: 'follow' });
   } catch (err) {
     throw modelError(`cannot download ${entry.url}: ${networkReason(err)}; ${OFFLINE_FIX(entry)}`, err);
   }
-  if (res.status === 416 && have > 0) {
-    // Nothing past `have`: the partial file is already complete when the sizes agree.
-    await res.body?.cancel();
-    const total = Number(/\/(\d+)$/.exec(res.headers.get('content-range') ?? '')?.[1] ?? NaN);
-    if (total === have || expectedSize === have) return { sha256: await sha256File(part), bytes: have };
-    await discard(part, metaPath);
-    return fetchToPart(entry, part, metaPath, expectedSize, events);
-  }
+}
+
+/**
+ * 416 to a resume request: nothing past `have`. The partial file is the whole file when the
+ * sizes agree; otherwise it is discarded and undefined tells the caller to start over.
+ */
+async function completeOn416({ part, metaPath, expectedSize }: PartJob, res: Response, have: number): Promise<{ sha256: string; bytes: number } | undefined> {
+  await res.body?.cancel();
+  const total = Number(/\/(\d+)$/.exec(res.headers.get('content-range') ?? '')?.[1] ?? NaN);
+  if (total === have || expectedSize === have) return { sha256: await sha256File(part), bytes: have };
+  await discard(part, metaPath);
+  return undefined;
+}
+
+/**
+ * Checks the status, the resumed range and the announced size. `from`: where the body starts in
+ * the file (`have` for a 206, 0 for a 200); `total`: the whole file's size when the server says.
+ */
+async function acceptResponse({ entry, part, metaPath, expectedSize, events }: PartJob, res: Response, have: number): Promise<{ from: number; total: number | undefined }> {
   if (res.status !== 200 && res.status !== 206) {
     await res.body?.cancel();
     throw modelError(`cannot download ${entry.url}: HTTP ${res.status} ${res.statusText}; ${OFFLINE_FIX(entry)}`);
@@ -248,20 +299,26 @@ async function fetchToPart(
       `${entry.url} is ${total} bytes but ${entry.name} should be ${expectedSize}; the file changed upstream or the URL is wrong — update the registry, or download it yourself and run 'sam models convert'`,
     );
   }
-  if (from === 0) {
-    const newMeta: PartMeta = { url: entry.url, total, etag: res.headers.get('etag') ?? undefined, lastModified: res.headers.get('last-modified') ?? undefined };
-    await writeFileAtomic(metaPath, JSON.stringify(newMeta));
-  }
-  // Hash the bytes already on disk so the final digest covers the whole file.
-  const hash = from > 0 ? await hashFile(part, { end: from - 1 }) : createHash('sha256');
-  events.start?.({ url: entry.url, total, from, resumed: from > 0 });
-  if (!res.body) throw modelError(`cannot download ${entry.url}: empty response; ${OFFLINE_FIX(entry)}`);
+  return { from, total };
+}
+
+/**
+ * Writes the body into `part` from byte `from`, hashing as it goes; returns the bytes now in the
+ * file. Too many bytes discard the partial file; a network error keeps it for the next run.
+ */
+async function streamToPart(
+  { entry, part, metaPath, expectedSize, events }: PartJob,
+  body: NonNullable<Response['body']>,
+  from: number,
+  total: number | undefined,
+  hash: Hash,
+): Promise<number> {
   let fh: FileHandle | undefined;
   let received = from;
   try {
     fh = await open(part, from > 0 ? 'r+' : 'w');
     let pos = from;
-    for await (const chunk of res.body) {
+    for await (const chunk of body) {
       const buf = chunk as Uint8Array;
       if (expectedSize !== null && received + buf.length > expectedSize) {
         throw modelError(`${entry.url} sends more than the ${expectedSize} bytes ${entry.name} has; the file changed upstream — update the registry`);
@@ -289,10 +346,7 @@ async function fetchToPart(
   } finally {
     await fh?.close();
   }
-  if (total !== undefined && received !== total) {
-    throw modelError(`download of ${entry.url} ended after ${received} of ${total} bytes; run the same command again to resume`);
-  }
-  return { sha256: hash.digest('hex'), bytes: received };
+  return received;
 }
 
 /** Bytes of a partial download, for `sam models list`. */
