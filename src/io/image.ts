@@ -1,6 +1,7 @@
 import { IMAGE_SIZE } from '../core/constants.js';
 import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
+import { resizeBilinearPil } from '../core/resample.js';
 import { getPreprocessShape } from '../core/transforms.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
@@ -66,51 +67,17 @@ export function cropImage(image: RgbImage, box: BoxXyxy): RgbImage {
 }
 
 /**
- * Resize so the longest side is 1024, as SAM's ResizeLongestSide.apply_image (PIL bilinear on
- * uint8, antialiased when shrinking, half-pixel centres, edge pixels clamped).
- *
- * libvips' `resize` with the linear kernel matches PIL when shrinking. When enlarging it uses a
- * different centre convention, so there we use `affine` (bilinear) with offsets that put output
- * pixel centres at (X + 0.5) / s - 0.5, on an input padded by copying its edges (libvips
- * would otherwise blend edge pixels with black). Measured against PIL in test/preprocess.test.ts.
+ * Resize so the longest side is 1024, as SAM's ResizeLongestSide.apply_image: PIL's bilinear
+ * resize of the uint8 image, reproduced bit for bit by core/resample.ts (libvips' kernels differ
+ * from PIL's by a grey level in ~11% of the pixels).
  *
  * Extreme aspect ratios (20000x3, 1x5000): getPreprocessShape clamps a side the official code
- * rounds to 0 to 1 pixel, so the result is e.g. 1024x1 (a shrink on both axes, which sharp's
- * resize handles), never a 0-sized image.
+ * rounds to 0 to 1 pixel, so the result is e.g. 1024x1, never a 0-sized image.
  */
 export async function resizeLongestSide(image: RgbImage, longSide = IMAGE_SIZE): Promise<RgbImage> {
   const [newH, newW] = getPreprocessShape(image.height, image.width, longSide);
   if (newH === image.height && newW === image.width) return image;
-  const raw = { width: image.width, height: image.height, channels: 3 as const };
-  let data: Buffer;
-  if (newH < image.height || newW < image.width) {
-    data = await sharp(image.data, { raw })
-      .resize(newW, newH, { kernel: 'linear', fit: 'fill' })
-      .raw()
-      .toBuffer();
-  } else {
-    const pad = 2;
-    const sx = newW / image.width;
-    const sy = newH / image.height;
-    const padded = await sharp(image.data, { raw })
-      .extend({ top: pad, bottom: pad, left: pad, right: pad, extendWith: 'copy' })
-      .raw()
-      .toBuffer({ resolveWithObject: true });
-    // Forward map X = s * (x_padded + idx) + odx = s * (x + 0.5) - 0.5.
-    const enlarged = await sharp(padded.data, { raw: { width: padded.info.width, height: padded.info.height, channels: 3 } })
-      .affine([[sx, 0], [0, sy]], { idx: 0.5 - pad, idy: 0.5 - pad, odx: -0.5, ody: -0.5, interpolator: 'bilinear' })
-      .raw()
-      .toBuffer({ resolveWithObject: true });
-    if (enlarged.info.width < newW || enlarged.info.height < newH) {
-      throw new Error(`internal: enlarged image ${enlarged.info.width}x${enlarged.info.height} smaller than ${newW}x${newH}`);
-    }
-    data = Buffer.alloc(newW * newH * 3);
-    for (let y = 0; y < newH; y++) {
-      const src = y * enlarged.info.width * 3;
-      enlarged.data.copy(data, y * newW * 3, src, src + newW * 3);
-    }
-  }
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: newW, height: newH };
+  return { data: resizeBilinearPil(image.data, image.width, image.height, newW, newH), width: newW, height: newH };
 }
 
 /**
