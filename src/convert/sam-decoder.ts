@@ -504,3 +504,10 @@ export function buildSamDecoder(sd: StateDict, opts: DecoderBuildOptions, prefix
   g.output(lowRes, 'low_res_masks', 'float32', [b, m, LOW_RES, LOW_RES]);
   return g;
 }
+
+/**
+ * Building blocks shared with the split decoder (sam-decoder-split.ts): the state-dict-bound
+ * helpers, the point embedding, the precomputed dense PE and SAM's fixed geometry. Exported
+ * only; the graphs built above do not change.
+ */
+export { DecoderGraph, denseImagePe, embedPoints, tensorOf, EMBED_HW, LOW_RES, LN_EPS, LN2D_EPS };
