@@ -6,16 +6,22 @@
  * - low-res logits are upscaled only for masks that pass the predicted-IoU filter;
  * - stability score, binarization, area and box come from one pass over each mask's logits;
  * - masks become RLE straight from the crop-sized mask (no full-image mask is built), so memory
- *   holds one batch's logits plus RLEs, not a tensor per mask.
+ *   holds one batch's logits plus compact RLEs, not a tensor per mask;
+ * - memory per mask is bounded whatever the mask looks like: a mask that passes the filters is
+ *   kept as its compact RLE (pycocotools' compressed counts as bytes, ~1-2 bytes a run) or, when
+ *   that would be larger than its 256x256 low-res logits (noise-like masks of up to millions of
+ *   runs), as a copy of those logits, upscaled and encoded again only if it survives the crop's
+ *   NMS (the upscaler is deterministic, so the RLE is the same). Boxes, scores and points are
+ *   typed-array columns: NMS needs nothing else.
  */
 import { buildAllLayerPointGrids, generateCropBoxes } from './grid.js';
 import { LOW_RES_LENGTH } from '../core/constants.js';
-import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../core/masks.js';
+import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, removeSmallRegions, maskToBox } from '../core/masks.js';
 import { batchedNms } from '../core/nms.js';
 import { createUpscaler } from '../core/upscale.js';
-import { decodeRle, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea } from '../core/rle.js';
+import { RleEncoder, decodeRle } from '../core/rle.js';
 import { StageTimes } from '../core/timings.js';
-import type { BoxXyxy, MaskRecord, Size, UncompressedRle } from '../core/types.js';
+import type { BoxXyxy, CompactRle, MaskRecord, Size } from '../core/types.js';
 import type { AmgPredictor } from './predictor.js';
 
 export interface AmgOptions {
@@ -54,47 +60,127 @@ export const AMG_DEFAULTS: Readonly<AmgOptions> = {
 /** SAM's mask_threshold: logits > 0 are mask. */
 const MASK_THRESHOLD = 0.0;
 
-/** MaskData of the reference, one entry per mask, in struct-of-arrays form. */
-interface MaskSet {
-  rles: UncompressedRle[];
-  /** XYXY, inclusive max. */
-  boxes: BoxXyxy[];
-  iouPreds: number[];
-  points: [number, number][];
-  stabilityScores: number[];
-  cropBoxes: BoxXyxy[];
+/**
+ * A mask that passed the filters is kept as low-res logits instead of its compact RLE when the
+ * RLE would take more bytes than the logits do.
+ */
+const LOW_RES_BYTES = LOW_RES_LENGTH * 4;
+
+/**
+ * MaskData of the reference, one entry per mask, in struct-of-arrays form: typed columns for
+ * what NMS and the records need, and per mask either its compact RLE or (until the crop's NMS)
+ * its low-res logits.
+ */
+export class MaskSet {
+  n = 0;
+  /** Compact RLE of mask i; null while the mask is held as low-res logits. */
+  rles: (CompactRle | null)[] = [];
+  /** Low-res logits [256, 256] of mask i when its RLE is not held (only inside processCrop). */
+  lowRes: (Float32Array | null)[] = [];
+  /** Area of mask i (valid once its RLE is held). */
+  areas = new Float64Array(8);
+  /** XYXY, inclusive max, 4 per mask. */
+  boxes = new Int32Array(32);
+  iouPreds = new Float32Array(8);
+  /** Prompt point (x, y), 2 per mask. */
+  points = new Float64Array(16);
+  stabilityScores = new Float32Array(8);
+  /** XYXY, exclusive max, 4 per mask. */
+  cropBoxes = new Int32Array(32);
+
+  private reserve(n: number): void {
+    if (n <= this.iouPreds.length) return;
+    const cap = Math.max(n, this.iouPreds.length * 2);
+    const grow = <T extends Float64Array | Float32Array | Int32Array>(a: T, per: number): T => {
+      const b = new (a.constructor as new (len: number) => T)(cap * per);
+      b.set(a.subarray(0, this.n * per));
+      return b;
+    };
+    this.areas = grow(this.areas, 1);
+    this.boxes = grow(this.boxes, 4);
+    this.iouPreds = grow(this.iouPreds, 1);
+    this.points = grow(this.points, 2);
+    this.stabilityScores = grow(this.stabilityScores, 1);
+    this.cropBoxes = grow(this.cropBoxes, 4);
+  }
+
+  push(
+    rle: CompactRle | null,
+    lowRes: Float32Array | null,
+    area: number,
+    box: ArrayLike<number>,
+    iouPred: number,
+    x: number,
+    y: number,
+    stabilityScore: number,
+    cropBox: ArrayLike<number>,
+  ): void {
+    const i = this.n;
+    this.reserve(i + 1);
+    this.rles.push(rle);
+    this.lowRes.push(lowRes);
+    this.areas[i] = area;
+    for (let k = 0; k < 4; k++) {
+      this.boxes[i * 4 + k] = box[k];
+      this.cropBoxes[i * 4 + k] = cropBox[k];
+    }
+    this.iouPreds[i] = iouPred;
+    this.points[i * 2] = x;
+    this.points[i * 2 + 1] = y;
+    this.stabilityScores[i] = stabilityScore;
+    this.n = i + 1;
+  }
+
+  /** Append mask i of `from`. */
+  pushFrom(from: MaskSet, i: number): void {
+    this.push(
+      from.rles[i],
+      from.lowRes[i],
+      from.areas[i],
+      from.boxes.subarray(i * 4, i * 4 + 4),
+      from.iouPreds[i],
+      from.points[i * 2],
+      from.points[i * 2 + 1],
+      from.stabilityScores[i],
+      from.cropBoxes.subarray(i * 4, i * 4 + 4),
+    );
+  }
+
+  /** Box of mask i (a view). */
+  box(i: number): Int32Array {
+    return this.boxes.subarray(i * 4, i * 4 + 4);
+  }
+
+  cropBox(i: number): Int32Array {
+    return this.cropBoxes.subarray(i * 4, i * 4 + 4);
+  }
+
+  /** Drop the masks' RLEs and logits (after `pick` took the kept ones), so they can be collected. */
+  releasePayloads(): void {
+    this.rles = [];
+    this.lowRes = [];
+  }
+
+  /** Boxes as NMS takes them: Float32Array [n, 4]. */
+  nmsBoxes(): Float32Array {
+    return Float32Array.from(this.boxes.subarray(0, this.n * 4));
+  }
 }
 
-const emptySet = (): MaskSet => ({ rles: [], boxes: [], iouPreds: [], points: [], stabilityScores: [], cropBoxes: [] });
-
 function pick(set: MaskSet, keep: readonly number[]): MaskSet {
-  return {
-    rles: keep.map((i) => set.rles[i]),
-    boxes: keep.map((i) => set.boxes[i]),
-    iouPreds: keep.map((i) => set.iouPreds[i]),
-    points: keep.map((i) => set.points[i]),
-    stabilityScores: keep.map((i) => set.stabilityScores[i]),
-    cropBoxes: keep.map((i) => set.cropBoxes[i]),
-  };
+  const out = new MaskSet();
+  for (const i of keep) out.pushFrom(set, i);
+  return out;
 }
 
 function cat(into: MaskSet, from: MaskSet): void {
-  into.rles.push(...from.rles);
-  into.boxes.push(...from.boxes);
-  into.iouPreds.push(...from.iouPreds);
-  into.points.push(...from.points);
-  into.stabilityScores.push(...from.stabilityScores);
-  into.cropBoxes.push(...from.cropBoxes);
+  for (let i = 0; i < from.n; i++) into.pushFrom(from, i);
 }
 
-/** torchvision batched_nms with one category, on XYXY boxes. */
-function nmsKeep(boxes: readonly BoxXyxy[], scores: ArrayLike<number>, iouThreshold: number): number[] {
-  const flat = new Float32Array(boxes.length * 4);
-  boxes.forEach((b, i) => flat.set(b, i * 4));
-  return batchedNms(flat, scores, new Int32Array(boxes.length), iouThreshold);
+/** torchvision batched_nms with one category, on XYXY boxes [n, 4]. */
+function nmsKeep(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold: number): number[] {
+  return batchedNms(boxes, scores, new Int32Array(scores.length), iouThreshold);
 }
-
-const boxArea = (b: BoxXyxy): number => (b[2] - b[0]) * (b[3] - b[1]);
 
 export function resolveAmgOptions(options: Partial<AmgOptions>): AmgOptions {
   const o: AmgOptions = { ...AMG_DEFAULTS, ...options };
@@ -121,35 +207,45 @@ export class SamAutomaticMaskGenerator {
       buildAllLayerPointGrids(this.options.pointsPerSide!, this.options.cropNLayers, this.options.cropNPointsDownscaleFactor);
   }
 
-  /** All masks of the image the predictor holds, as mask records with uncompressed RLE. */
-  async generate(origSize: Size, timings = new StageTimes()): Promise<MaskRecord<UncompressedRle>[]> {
+  /** All masks of the image the predictor holds, as mask records with compact RLE. */
+  async generate(origSize: Size, timings = new StageTimes()): Promise<MaskRecord<CompactRle>[]> {
     let data = await this.generateMasks(origSize, timings);
     if (this.options.minMaskRegionArea > 0) {
       data = timings.timeSync('postprocess', () =>
         postprocessSmallRegions(data, this.options.minMaskRegionArea, Math.max(this.options.boxNmsThresh, this.options.cropNmsThresh)),
       );
     }
-    return data.rles.map((rle, i) => ({
-      segmentation: rle,
-      area: rleArea(rle),
-      bbox: boxXyxyToXywh(data.boxes[i]),
-      predicted_iou: data.iouPreds[i],
-      point_coords: [data.points[i]],
-      stability_score: data.stabilityScores[i],
-      crop_box: boxXyxyToXywh(data.cropBoxes[i]),
-    }));
+    const records: MaskRecord<CompactRle>[] = [];
+    for (let i = 0; i < data.n; i++) {
+      const rle = data.rles[i];
+      if (!rle) throw new Error('internal: a mask left its crop without its RLE');
+      records.push({
+        segmentation: rle,
+        area: data.areas[i],
+        bbox: boxXyxyToXywh(data.box(i)),
+        predicted_iou: data.iouPreds[i],
+        point_coords: [[data.points[i * 2], data.points[i * 2 + 1]]],
+        stability_score: data.stabilityScores[i],
+        crop_box: boxXyxyToXywh(data.cropBox(i)),
+      });
+    }
+    return records;
   }
 
   private async generateMasks(origSize: Size, timings: StageTimes): Promise<MaskSet> {
     const { cropBoxes, layerIdxs } = generateCropBoxes(origSize, this.options.cropNLayers, this.options.cropOverlapRatio);
-    const data = emptySet();
+    const data = new MaskSet();
     for (let i = 0; i < cropBoxes.length; i++) {
       cat(data, await this.processCrop(cropBoxes[i], layerIdxs[i], origSize, timings));
     }
     if (cropBoxes.length > 1) {
       // Remove duplicates between crops: smaller crops win (score 1 / crop area).
-      const scores = new Float32Array(data.cropBoxes.map((b) => 1 / boxArea(b)));
-      const keep = timings.timeSync('nms', () => nmsKeep(data.boxes, scores, this.options.cropNmsThresh));
+      const scores = new Float32Array(data.n);
+      for (let i = 0; i < data.n; i++) {
+        const [x0, y0, x1, y1] = data.cropBox(i);
+        scores[i] = 1 / ((x1 - x0) * (y1 - y0));
+      }
+      const keep = timings.timeSync('nms', () => nmsKeep(data.nmsBoxes(), scores, this.options.cropNmsThresh));
       return pick(data, keep);
     }
     return data;
@@ -171,30 +267,56 @@ export class SamAutomaticMaskGenerator {
       cropSize,
       origSize,
       upscale,
-      logits: new Float32Array(cropH * cropW),
-      mask: new Uint8Array(cropH * cropW),
+      logits: EMPTY_LOGITS,
+      mask: EMPTY_MASK,
+      encoder: new RleEncoder(),
     };
-    const data = emptySet();
+    const data = new MaskSet();
     const perBatch = this.options.pointsPerBatch * 2;
     for (let start = 0; start < pointsForImage.length; start += perBatch) {
       const points = pointsForImage.subarray(start, Math.min(start + perBatch, pointsForImage.length));
-      cat(data, await this.processBatch(points, ctx, timings));
+      await this.processBatch(points, ctx, data, timings);
     }
     // Remove duplicates within this crop (boxes still in crop coordinates, as the reference).
-    const keep = timings.timeSync('nms', () => nmsKeep(data.boxes, data.iouPreds, this.options.boxNmsThresh));
+    const keep = timings.timeSync('nms', () => nmsKeep(data.nmsBoxes(), data.iouPreds.subarray(0, data.n), this.options.boxNmsThresh));
     const kept = pick(data, keep);
-    kept.boxes = kept.boxes.map((b) => uncropBoxesXyxy(b, cropBox));
-    kept.points = kept.points.map((p) => uncropPoints(p, cropBox));
+    data.releasePayloads();
+    // Masks kept as low-res logits: upscale and encode them again, now that they are final.
+    for (let i = 0; i < kept.n; i++) {
+      const lowRes = kept.lowRes[i];
+      if (!lowRes) continue;
+      const t0 = performance.now();
+      ctx.upscale(lowRes, ctx.logits);
+      const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, this.options.stabilityScoreOffset, ctx.mask);
+      timings.add('postprocess', performance.now() - t0);
+      const b = kept.box(i);
+      if (stats.box.some((v, k) => v !== b[k])) throw new Error('internal: a mask upscaled again differs from the first time');
+      timings.timeSync('rle', () => {
+        ctx.encoder.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize);
+        kept.rles[i] = ctx.encoder.compact();
+        kept.areas[i] = ctx.encoder.area();
+      });
+      kept.lowRes[i] = null;
+    }
+    const [x0, y0] = cropBox;
+    for (let i = 0; i < kept.n; i++) {
+      // uncrop_boxes_xyxy and uncrop_points.
+      kept.boxes[i * 4] += x0;
+      kept.boxes[i * 4 + 1] += y0;
+      kept.boxes[i * 4 + 2] += x0;
+      kept.boxes[i * 4 + 3] += y0;
+      kept.points[i * 2] += x0;
+      kept.points[i * 2 + 1] += y0;
+    }
     return kept;
   }
 
-  private async processBatch(points: Float64Array, ctx: BatchContext, timings: StageTimes): Promise<MaskSet> {
+  private async processBatch(points: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<void> {
     const { cropBox, cropSize, origSize } = ctx;
     const [cropH, cropW] = cropSize;
     const nPoints = points.length / 2;
     // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
     const { lowResLogits, iouPredictions, masksPerPoint } = await this.predictor.predictPoints(Float32Array.from(points));
-    const data = emptySet();
     const lowLen = LOW_RES_LENGTH;
     const o = this.options;
     // torch compares a float32 tensor with a Python float in float32: round the thresholds too.
@@ -207,24 +329,41 @@ export class SamAutomaticMaskGenerator {
         const iou = iouPredictions[m];
         if (o.predIouThresh > 0 && !(iou > iouThresh)) continue;
         const t0 = performance.now();
-        ctx.upscale(lowResLogits.subarray(m * lowLen, (m + 1) * lowLen), ctx.logits);
+        const low = lowResLogits.subarray(m * lowLen, (m + 1) * lowLen);
+        allocateScratch(ctx);
+        ctx.upscale(low, ctx.logits);
         const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask);
         const keep =
           (o.stabilityScoreThresh <= 0 || stats.stabilityScore >= stabilityThresh) &&
           !isBoxNearCropEdge(stats.box, cropBox, origBox);
         timings.add('postprocess', performance.now() - t0);
         if (!keep) continue;
-        const rle = timings.timeSync('rle', () => maskToRleUncompressedInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize));
-        data.rles.push(rle);
-        data.boxes.push(stats.box);
-        data.iouPreds.push(iou);
-        data.points.push([points[2 * p], points[2 * p + 1]]);
-        data.stabilityScores.push(stats.stabilityScore);
-        data.cropBoxes.push(cropBox);
+        const t1 = performance.now();
+        // The mask is final: keep its compact RLE, or its logits when those are smaller.
+        const enc = ctx.encoder;
+        let rle: CompactRle | null = null;
+        let area = 0;
+        if (enc.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize) <= LOW_RES_BYTES) {
+          rle = enc.compact();
+          area = enc.area();
+          if (rle.bytes.length > LOW_RES_BYTES) rle = null;
+        }
+        timings.add('rle', performance.now() - t1);
+        data.push(rle, rle ? null : low.slice(), area, stats.box, iou, points[2 * p], points[2 * p + 1], stats.stabilityScore, cropBox);
       }
     }
-    return data;
   }
+}
+
+const EMPTY_LOGITS = new Float32Array(0);
+const EMPTY_MASK = new Uint8Array(0);
+
+/** The crop-sized scratch buffers, allocated when the first mask of the crop passes the IoU filter. */
+function allocateScratch(ctx: BatchContext): void {
+  const n = ctx.cropSize[0] * ctx.cropSize[1];
+  if (ctx.logits.length === n) return;
+  ctx.logits = new Float32Array(n);
+  ctx.mask = new Uint8Array(n);
 }
 
 interface BatchContext {
@@ -232,40 +371,48 @@ interface BatchContext {
   cropSize: Size;
   origSize: Size;
   upscale: ReturnType<typeof createUpscaler>;
-  /** [cropH, cropW] scratch for one mask's logits. */
+  /** [cropH, cropW] scratch for one mask's logits (empty until allocateScratch). */
   logits: Float32Array;
-  /** [cropH, cropW] scratch for one binary mask. */
+  /** [cropH, cropW] scratch for one binary mask (empty until allocateScratch). */
   mask: Uint8Array;
+  /** RLE scratch buffers, reused from mask to mask. */
+  encoder: RleEncoder;
 }
 
 /**
  * The reference's postprocess_small_regions: fill small holes, remove small islands; a changed
  * mask scores 0, an unchanged one 1; NMS; kept changed masks take their new RLE and box.
- * Masks are decoded one at a time; only changed ones are re-encoded.
+ * Masks are decoded one at a time; only changed ones are re-encoded (compactly).
  */
 export function postprocessSmallRegions(data: MaskSet, minArea: number, nmsThresh: number): MaskSet {
-  if (data.rles.length === 0) return data;
-  const scores = new Float32Array(data.rles.length);
-  const newBoxes: BoxXyxy[] = [];
-  const newRles = new Map<number, UncompressedRle>();
-  data.rles.forEach((rle, i) => {
+  if (data.n === 0) return data;
+  const scores = new Float32Array(data.n);
+  const newBoxes = new Float32Array(data.n * 4);
+  const newRles = new Map<number, { rle: CompactRle; area: number }>();
+  const enc = new RleEncoder();
+  for (let i = 0; i < data.n; i++) {
+    const rle = data.rles[i];
+    if (!rle) throw new Error('internal: a mask left its crop without its RLE');
     const mask = decodeRle(rle);
     const holes = removeSmallRegions(mask, minArea, 'holes');
     const islands = removeSmallRegions(holes.mask, minArea, 'islands');
     const unchanged = !holes.changed && !islands.changed;
     scores[i] = unchanged ? 1 : 0;
-    newBoxes.push(maskToBox(islands.mask));
-    if (!unchanged) newRles.set(i, maskToRleUncompressed(islands.mask));
-  });
+    newBoxes.set(maskToBox(islands.mask), i * 4);
+    if (!unchanged) {
+      enc.scan(islands.mask);
+      newRles.set(i, { rle: enc.compact(), area: enc.area() });
+    }
+  }
   const keep = nmsKeep(newBoxes, scores, nmsThresh);
   const out = pick(data, keep);
   keep.forEach((i, j) => {
-    const rle = newRles.get(i);
-    if (rle) {
-      out.rles[j] = rle;
-      out.boxes[j] = newBoxes[i];
+    const changed = newRles.get(i);
+    if (changed) {
+      out.rles[j] = changed.rle;
+      out.areas[j] = changed.area;
+      out.boxes.set(newBoxes.subarray(i * 4, i * 4 + 4), j * 4);
     }
   });
   return out;
 }
-

@@ -70,7 +70,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     .requiredOption('-m, --model <dir>', 'model folder (encoder + decoder .onnx, optional manifest.json) or the name of a pulled model')
     .requiredOption('-o, --out <dir>', 'output folder: <out>/<relative path without extension>.json (or a folder in png mode)')
     .option('--points-per-side <n>', 'points sampled along one side of the image (grid of n*n prompts)', parseIntOption('--points-per-side', 1, 1024), d.pointsPerSide!)
-    .option('--points-per-batch <n>', "amg.py's batch size; accepted for compatibility, results do not depend on it (decoder calls take up to 16 prompts, see README)", parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
+    .option('--points-per-batch <n>', "amg.py's batch size; accepted for compatibility, results do not depend on it (decoder calls take up to 4 prompts, see README)", parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
     .option('--pred-iou-thresh <x>', "keep masks whose predicted IoU is above this (0 keeps all)", parseFloatOption('--pred-iou-thresh', 0, 1), d.predIouThresh)
     .option('--stability-score-thresh <x>', 'keep masks whose stability score is at least this', parseFloatOption('--stability-score-thresh', 0, 1), d.stabilityScoreThresh)
     .option('--stability-score-offset <x>', 'logit offset used for the stability score', parseFloatOption('--stability-score-offset', 0, 1e6), d.stabilityScoreOffset)

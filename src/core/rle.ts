@@ -8,15 +8,26 @@
  * Reference: segment_anything/utils/amg.py (mask_to_rle_pytorch, rle_to_mask, area_from_rle)
  * and pycocotools common/maskApi.c (rleToString, rleFrString, rleToBbox).
  */
-import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle, Size, UncompressedRle } from './types.js';
+import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle, CompactRle, Size, UncompressedRle } from './types.js';
+
+/** Any of the three RLE forms: counts as a number[], a pycocotools string, or its bytes. */
+export type AnyRle = CocoRle | UncompressedRle | CompactRle;
+
+/** Counts are held as uint32: an image must have fewer than 2^32 pixels. */
+const MAX_PIXELS = 0xffffffff;
+
+function checkImageSize(imageH: number, imageW: number): void {
+  if (imageH * imageW > MAX_PIXELS) throw new Error(`a ${imageH}x${imageW} image has too many pixels for RLE counts`);
+}
 
 /**
  * Column-major run lengths of an H×W image that is zero everywhere except the sub-rectangle
- * starting at (x0, y0) of size ch×cw, whose content is `crop` (row-major, ch*cw).
- * Columns (and row ranges) outside the crop contribute whole zero runs, so the cost is
- * O(ch*cw + W) and the full-image mask is never allocated.
+ * starting at (x0, y0) of size ch×cw, whose content is `crop` (row-major, ch*cw), written into
+ * `out` (grown as needed). Columns (and row ranges) outside the crop contribute whole zero runs,
+ * so the cost is O(ch*cw + W) and the full-image mask is never allocated.
  */
 function columnMajorRuns(
+  out: RunBuffer,
   crop: Uint8Array,
   ch: number,
   cw: number,
@@ -24,8 +35,10 @@ function columnMajorRuns(
   y0: number,
   imageH: number,
   imageW: number,
-): number[] {
-  const counts: number[] = [];
+): number {
+  checkImageSize(imageH, imageW);
+  let buf: Uint32Array = out.data;
+  let n = 0;
   let cur = 0; // value of the run being accumulated; COCO runs start with zeros
   let run = 0;
   const below = imageH - y0 - ch; // zero rows under the crop in every crop column
@@ -35,7 +48,8 @@ function columnMajorRuns(
     // Rows above the crop (for cx > 0 they join the zeros below the previous column).
     if (y0 > 0) {
       if (cur !== 0) {
-        counts.push(run);
+        if (n === buf.length) buf = out.grow();
+        buf[n++] = run;
         cur = 0;
         run = 0;
       }
@@ -44,7 +58,8 @@ function columnMajorRuns(
     for (let i = cx, y = 0; y < ch; y++, i += cw) {
       const v = crop[i] !== 0 ? 1 : 0;
       if (v !== cur) {
-        counts.push(run);
+        if (n === buf.length) buf = out.grow();
+        buf[n++] = run;
         cur = v;
         run = 0;
       }
@@ -52,7 +67,8 @@ function columnMajorRuns(
     }
     if (below > 0) {
       if (cur !== 0) {
-        counts.push(run);
+        if (n === buf.length) buf = out.grow();
+        buf[n++] = run;
         cur = 0;
         run = 0;
       }
@@ -63,22 +79,168 @@ function columnMajorRuns(
   const right = imageW - x0 - cw;
   if (right > 0) {
     if (cur !== 0) {
-      counts.push(run);
+      if (n === buf.length) buf = out.grow();
+      buf[n++] = run;
       cur = 0;
       run = 0;
     }
     run += right * imageH;
   }
-  counts.push(run);
-  return counts;
+  if (n === buf.length) buf = out.grow();
+  buf[n++] = run;
+  return n;
+}
+
+/** A growable Uint32Array of run lengths, reused from mask to mask. */
+class RunBuffer {
+  data: Uint32Array = new Uint32Array(1 << 12);
+  grow(): Uint32Array {
+    const d = new Uint32Array(this.data.length * 2);
+    d.set(this.data);
+    this.data = d;
+    return d;
+  }
+}
+
+function checkCrop(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size): void {
+  const [x0, y0, x1, y1] = cropBox;
+  const [imageH, imageW] = imageSize;
+  if (x1 - x0 !== cropMask.w || y1 - y0 !== cropMask.h) {
+    throw new Error(
+      `crop mask is ${cropMask.h}x${cropMask.w} but crop box [${cropBox.join(', ')}] is ${y1 - y0}x${x1 - x0}`,
+    );
+  }
+  if (x0 < 0 || y0 < 0 || x1 > imageW || y1 > imageH) {
+    throw new Error(`crop box [${cropBox.join(', ')}] lies outside the ${imageH}x${imageW} image`);
+  }
+}
+
+/**
+ * pycocotools rleToString's bytes for counts[0..m): LEB128-like, 5 payload bits per char
+ * (chars 48..111), bit 0x20 = "more chars follow", sign taken from bit 0x10 of the last char.
+ * From the fourth count on, the value written is the difference to the count two positions back.
+ * Deltas within int32 use bit operators; larger ones (counts up to 2^32, C `long`) use floor
+ * division, which gives the same digits. Returns the number of bytes written into `buf`, which
+ * must hold m * 7 bytes (7 chars cover any 35-bit signed delta).
+ */
+function writeCompressedCounts(counts: ArrayLike<number>, m: number, buf: Uint8Array): number {
+  let p = 0;
+  for (let i = 0; i < m; i++) {
+    let x = counts[i];
+    if (i > 2) x -= counts[i - 2];
+    if (x >= -0x80000000 && x <= 0x7fffffff) {
+      x |= 0;
+      for (;;) {
+        let c = x & 0x1f;
+        x >>= 5;
+        const more = (c & 0x10) !== 0 ? x !== -1 : x !== 0;
+        if (more) c |= 0x20;
+        buf[p++] = c + 48;
+        if (!more) break;
+      }
+    } else {
+      let more = true;
+      while (more) {
+        const q = Math.floor(x / 32); // arithmetic shift right by 5
+        let c = x - q * 32; // x & 0x1f, in 0..31 also for negative x
+        x = q;
+        more = (c & 0x10) !== 0 ? x !== -1 : x !== 0;
+        if (more) c |= 0x20;
+        buf[p++] = c + 48;
+      }
+    }
+  }
+  return p;
+}
+
+/** Bytes (ASCII) as a JS string, fromCharCode's argument count kept bounded. */
+function bytesToString(bytes: Uint8Array): string {
+  let s = '';
+  const CHUNK = 8192;
+  for (let i = 0; i < bytes.length; i += CHUNK) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, Math.min(bytes.length, i + CHUNK)) as unknown as number[]);
+  }
+  return s;
+}
+
+/**
+ * Encodes masks to RLE with scratch buffers reused from mask to mask, so encoding a mask
+ * allocates only its result. `scan*` walks a mask into run lengths (kept in the encoder until the
+ * next scan); `compact()` then gives the compact RLE, `area()` its area, `countsArray()` the
+ * uncompressed counts. Synchronous: one encoder per caller.
+ */
+export class RleEncoder {
+  private readonly runs = new RunBuffer();
+  private bytes = new Uint8Array(1 << 14);
+  private n = 0;
+  private size: Size = [0, 0];
+
+  /** Runs of the mask `mask` (row-major, h×w); returns the number of runs. */
+  scan(mask: BinaryMask): number {
+    this.size = [mask.h, mask.w];
+    this.n = columnMajorRuns(this.runs, mask.data, mask.h, mask.w, 0, 0, mask.h, mask.w);
+    return this.n;
+  }
+
+  /**
+   * Runs of the full-image mask that is `cropMask` placed at `cropBox` (XYXY, exclusive max) and
+   * zero elsewhere in an image of `imageSize` ([h, w]); returns the number of runs.
+   */
+  scanInCrop(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size): number {
+    checkCrop(cropMask, cropBox, imageSize);
+    const [x0, y0] = cropBox;
+    const [imageH, imageW] = imageSize;
+    this.size = [imageH, imageW];
+    this.n = columnMajorRuns(this.runs, cropMask.data, cropMask.h, cropMask.w, x0, y0, imageH, imageW);
+    return this.n;
+  }
+
+  /** Number of runs of the last scanned mask. */
+  get runCount(): number {
+    return this.n;
+  }
+
+  /** Area of the last scanned mask: the sum of its ones runs (rleArea). */
+  area(): number {
+    const runs = this.runs.data;
+    let a = 0;
+    for (let j = 1; j < this.n; j += 2) a += runs[j];
+    return a;
+  }
+
+  /** Compact RLE of the last scanned mask: an exact-size copy of the compressed counts. */
+  compact(): CompactRle {
+    const need = this.n * 7;
+    if (this.bytes.length < need) this.bytes = new Uint8Array(Math.max(need, this.bytes.length * 2));
+    const p = writeCompressedCounts(this.runs.data, this.n, this.bytes);
+    return { size: [this.size[0], this.size[1]], bytes: this.bytes.slice(0, p) };
+  }
+
+  /** Uncompressed counts of the last scanned mask, as a plain array. */
+  countsArray(): number[] {
+    return Array.from(this.runs.data.subarray(0, this.n));
+  }
+}
+
+/** Compact RLE of a row-major mask. */
+export function encodeMaskCompact(mask: BinaryMask): CompactRle {
+  const enc = new RleEncoder();
+  enc.scan(mask);
+  return enc.compact();
+}
+
+/** Compact RLE of `cropMask` placed at `cropBox` in an image of `imageSize` ([h, w]). */
+export function encodeMaskInCropCompact(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size): CompactRle {
+  const enc = new RleEncoder();
+  enc.scanInCrop(cropMask, cropBox, imageSize);
+  return enc.compact();
 }
 
 /** amg.py mask_to_rle_pytorch for one mask: uncompressed RLE, `size` = [h, w]. */
 export function maskToRleUncompressed(mask: BinaryMask): UncompressedRle {
-  return {
-    size: [mask.h, mask.w],
-    counts: columnMajorRuns(mask.data, mask.h, mask.w, 0, 0, mask.h, mask.w),
-  };
+  const enc = new RleEncoder();
+  enc.scan(mask);
+  return { size: [mask.h, mask.w], counts: enc.countsArray() };
 }
 
 /**
@@ -91,53 +253,19 @@ export function maskToRleUncompressedInCrop(
   cropBox: BoxXyxy,
   imageSize: Size,
 ): UncompressedRle {
-  const [x0, y0, x1, y1] = cropBox;
-  const [imageH, imageW] = imageSize;
-  if (x1 - x0 !== cropMask.w || y1 - y0 !== cropMask.h) {
-    throw new Error(
-      `crop mask is ${cropMask.h}x${cropMask.w} but crop box [${cropBox.join(', ')}] is ${y1 - y0}x${x1 - x0}`,
-    );
-  }
-  if (x0 < 0 || y0 < 0 || x1 > imageW || y1 > imageH) {
-    throw new Error(`crop box [${cropBox.join(', ')}] lies outside the ${imageH}x${imageW} image`);
-  }
-  return {
-    size: [imageH, imageW],
-    counts: columnMajorRuns(cropMask.data, cropMask.h, cropMask.w, x0, y0, imageH, imageW),
-  };
+  const enc = new RleEncoder();
+  enc.scanInCrop(cropMask, cropBox, imageSize);
+  return { size: [imageSize[0], imageSize[1]], counts: enc.countsArray() };
 }
 
 /**
  * pycocotools rleToString: LEB128-like, 5 payload bits per char (chars 48..111), bit 0x20 =
  * "more chars follow", sign taken from bit 0x10 of the last char. From the fourth count on, the
- * value written is the difference to the count two positions back.
- * Arithmetic uses floor division instead of 32-bit JS bit operators so that deltas of counts up
- * to 2^32 (C `long`) encode as in C.
+ * value written is the difference to the count two positions back (see writeCompressedCounts).
  */
 export function rleToString(counts: ArrayLike<number>): string {
-  const m = counts.length;
-  // 7 chars cover any 35-bit signed delta (|delta| < 2^32 for uint32 counts).
-  const buf = new Uint8Array(m * 7);
-  let p = 0;
-  for (let i = 0; i < m; i++) {
-    let x = counts[i];
-    if (i > 2) x -= counts[i - 2];
-    let more = true;
-    while (more) {
-      const q = Math.floor(x / 32); // arithmetic shift right by 5
-      let c = x - q * 32; // x & 0x1f, in 0..31 also for negative x
-      x = q;
-      more = (c & 0x10) !== 0 ? x !== -1 : x !== 0;
-      if (more) c |= 0x20;
-      buf[p++] = c + 48;
-    }
-  }
-  let s = '';
-  const CHUNK = 8192; // keep fromCharCode's argument count bounded
-  for (let i = 0; i < p; i += CHUNK) {
-    s += String.fromCharCode.apply(null, buf.subarray(i, Math.min(p, i + CHUNK)) as unknown as number[]);
-  }
-  return s;
+  const buf = new Uint8Array(counts.length * 7);
+  return bytesToString(buf.subarray(0, writeCompressedCounts(counts, counts.length, buf)));
 }
 
 /** pycocotools rleFrString: inverse of rleToString. */
@@ -166,6 +294,40 @@ export function rleFromString(s: string): number[] {
   return counts;
 }
 
+/**
+ * The counts of a compact RLE (rleFrString on its bytes) as a Uint32Array: 4 bytes a run, for a
+ * caller that walks them once (decoding, area, bbox). Counts outside 0..2^32-1 are refused.
+ */
+export function compactCounts(rle: CompactRle): Uint32Array {
+  const b = rle.bytes;
+  let m = 0;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i] - 48;
+    if (c < 0 || c > 63) throw new Error(`invalid byte in compact RLE at ${i}`);
+    if ((c & 0x20) === 0) m++;
+  }
+  if (b.length > 0 && ((b[b.length - 1] - 48) & 0x20) !== 0) throw new Error('truncated compact RLE');
+  const counts = new Uint32Array(m);
+  let p = 0;
+  for (let j = 0; j < m; j++) {
+    let x = 0;
+    let scale = 1; // 32^k
+    let more = true;
+    while (more) {
+      const c = b[p] - 48;
+      x += (c & 0x1f) * scale;
+      more = (c & 0x20) !== 0;
+      p++;
+      scale *= 32;
+      if (!more && (c & 0x10) !== 0) x -= scale; // sign-extend
+    }
+    if (j > 2) x += counts[j - 2];
+    if (!(x >= 0 && x <= 0xffffffff)) throw new Error(`compact RLE count ${j} is ${x}, outside 0..2^32-1`);
+    counts[j] = x;
+  }
+  return counts;
+}
+
 export function uncompressedToCoco(rle: UncompressedRle): CocoRle {
   return { size: [rle.size[0], rle.size[1]], counts: rleToString(rle.counts) };
 }
@@ -174,22 +336,50 @@ export function cocoToUncompressed(rle: CocoRle): UncompressedRle {
   return { size: [rle.size[0], rle.size[1]], counts: rleFromString(rle.counts) };
 }
 
-function countsOf(rle: CocoRle | UncompressedRle): number[] {
+/** The pycocotools string of a compact RLE: the same characters. */
+export function compactToCoco(rle: CompactRle): CocoRle {
+  return { size: [rle.size[0], rle.size[1]], counts: bytesToString(rle.bytes) };
+}
+
+/** A compact RLE from a pycocotools string (its characters, checked to lie in 48..111). */
+export function cocoToCompact(rle: CocoRle): CompactRle {
+  const s = rle.counts;
+  const bytes = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 111) throw new Error(`invalid character in COCO RLE string at ${i}`);
+    bytes[i] = c;
+  }
+  return { size: [rle.size[0], rle.size[1]], bytes };
+}
+
+export function compactToUncompressed(rle: CompactRle): UncompressedRle {
+  return { size: [rle.size[0], rle.size[1]], counts: Array.from(compactCounts(rle)) };
+}
+
+export function uncompressedToCompact(rle: UncompressedRle): CompactRle {
+  const buf = new Uint8Array(rle.counts.length * 7);
+  const p = writeCompressedCounts(rle.counts, rle.counts.length, buf);
+  return { size: [rle.size[0], rle.size[1]], bytes: buf.slice(0, p) };
+}
+
+function countsOf(rle: AnyRle): ArrayLike<number> {
+  if ('bytes' in rle) return compactCounts(rle);
   return typeof rle.counts === 'string' ? rleFromString(rle.counts) : rle.counts;
 }
 
 /** Compressed COCO RLE of a row-major mask (amg.py mask_to_rle_pytorch + coco_encode_rle). */
 export function encodeMask(mask: BinaryMask): CocoRle {
-  return { size: [mask.h, mask.w], counts: rleToString(maskToRleUncompressed(mask).counts) };
+  return compactToCoco(encodeMaskCompact(mask));
 }
 
 /** Compressed COCO RLE of `cropMask` placed at `cropBox` in an image of `imageSize` ([h, w]). */
 export function encodeMaskInCrop(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size): CocoRle {
-  return uncompressedToCoco(maskToRleUncompressedInCrop(cropMask, cropBox, imageSize));
+  return compactToCoco(encodeMaskInCropCompact(cropMask, cropBox, imageSize));
 }
 
-/** Decode COCO RLE (compressed or not) to a row-major mask (amg.py rle_to_mask). */
-export function decodeRle(rle: CocoRle | UncompressedRle): BinaryMask {
+/** Decode COCO RLE (any form) to a row-major mask (amg.py rle_to_mask). */
+export function decodeRle(rle: AnyRle): BinaryMask {
   const [h, w] = rle.size;
   const counts = countsOf(rle);
   const data = new Uint8Array(h * w);
@@ -216,7 +406,7 @@ export function decodeRle(rle: CocoRle | UncompressedRle): BinaryMask {
 }
 
 /** amg.py area_from_rle / pycocotools rleArea: sum of the ones runs. */
-export function rleArea(rle: CocoRle | UncompressedRle): number {
+export function rleArea(rle: AnyRle): number {
   const counts = countsOf(rle);
   let a = 0;
   for (let j = 1; j < counts.length; j += 2) a += counts[j];
@@ -227,7 +417,7 @@ export function rleArea(rle: CocoRle | UncompressedRle): number {
  * pycocotools rleToBbox: XYWH with w/h = max - min + 1 (unlike SAM's box_xyxy_to_xywh).
  * A trailing zero run is ignored; a ones run spanning several columns covers all rows.
  */
-export function rleToBbox(rle: CocoRle | UncompressedRle): BoxXywh {
+export function rleToBbox(rle: AnyRle): BoxXywh {
   const [h, w] = rle.size;
   const counts = countsOf(rle);
   const m = counts.length - (counts.length % 2);

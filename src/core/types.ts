@@ -18,6 +18,16 @@ export interface CocoRle {
 }
 
 /**
+ * COCO RLE held compactly: the counts in pycocotools' compressed encoding (the bytes of
+ * CocoRle.counts, ASCII 48..111), typically 1–2 bytes a run, in a typed array outside the JS heap.
+ * What the generator keeps per mask once the mask is final (see src/core/rle.ts RleEncoder).
+ */
+export interface CompactRle {
+  size: Size;
+  bytes: Uint8Array;
+}
+
+/**
  * A binary mask as a row-major byte array (0 or 1), `data.length === h * w`.
  * Row-major because that is how logits come out of the decoder; RLE code transposes on the fly.
  */

@@ -10,13 +10,16 @@ import type { DecoderSession, EncoderSession } from './model.js';
 
 const LOW_LEN = LOW_RES_LENGTH;
 /**
- * Prompts per batched-decoder call. On a CPU the decoder's intermediates for 64 prompts
- * (~4 GB for vit_t) cost more in memory traffic than batching saves: measured on 2 cores with
- * the converted vit_t, 256 prompts took 7.9 s one by one, 11.4 s in calls of 64, 5.4 s in calls
- * of 16 and 5.8 s in calls of 4. points_per_batch keeps its meaning (how many prompts the
- * generator hands over at once); this only splits the ORT calls.
+ * Prompts per batched-decoder call. onnxruntime's CPU arena keeps the decoder's intermediates of
+ * the largest call for the rest of the run, ~55 MB a prompt (the same for every SAM size: the
+ * mask decoder does not change), so this sets a fixed part of peak memory: measured with the
+ * converted vit_t on 2 cores, calls of 16 held ~940 MB, calls of 4 ~260 MB, calls of 2 ~140 MB. Time:
+ * 256 prompts took 7.9 s one by one, 11.4 s in calls of 64, 5.4 s in calls of 16 and 5.8 s in
+ * calls of 4. Results do not depend on it (each prompt row is computed on its own; checked
+ * byte for byte). points_per_batch keeps its meaning (how many prompts the generator hands over
+ * at once); this only splits the ORT calls.
  */
-const DECODER_CHUNK = 16;
+const DECODER_CHUNK = 4;
 
 /**
  * The generator's view of an ONNX model: embeds crops of one image and answers batches of single

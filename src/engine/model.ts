@@ -94,10 +94,16 @@ function checkContract(
   }
 }
 
-async function createSession(file: string, options: SessionOptions): Promise<ort.InferenceSession> {
+/**
+ * `memArena: false` for the encoder: ORT's CPU arena keeps the peak of a session's intermediates
+ * for the life of the process (~230 MiB for vit_t at one image); the encoder runs once per crop,
+ * so giving that memory back costs little and keeps `sam auto`'s resident set bounded.
+ */
+async function createSession(file: string, options: SessionOptions, memArena = true): Promise<ort.InferenceSession> {
   const threads = options.threads ?? availableParallelism();
   try {
     return await ort.InferenceSession.create(file, {
+      enableCpuMemArena: memArena,
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       executionMode: 'sequential',
@@ -258,7 +264,7 @@ export class SamModel {
   }
 
   encoder(): Promise<EncoderSession> {
-    this.encoderP ??= createSession(this.encoderPath, this.options).then((s) => {
+    this.encoderP ??= createSession(this.encoderPath, this.options, false).then((s) => {
       checkContract('encoder', this.encoderPath, s, ENCODER_INPUTS, ENCODER_OUTPUTS);
       return new EncoderSession(this.encoderPath, s);
     });

@@ -23,8 +23,8 @@ export const COCO_CATEGORY = { id: 1, name: 'object', supercategory: 'object' } 
 
 /**
  * Write the dataset atomically. Images arrive one at a time (the caller reads each image's
- * output from disk), annotations are streamed to a side file, so memory holds one image's masks
- * plus the small `images` list. Ids start at 1 and follow the order of `images`.
+ * output from disk), annotations are streamed to a side file (~1 MiB at a time), so memory holds
+ * one image's masks plus the small `images` list. Ids start at 1 and follow the order of `images`.
  */
 export async function writeCocoDataset(
   path: string,
@@ -57,6 +57,11 @@ export async function writeCocoDataset(
             crop_box: r.crop_box,
           };
           chunk += `${annCount === 1 ? '' : ',\n'}${JSON.stringify(a)}`;
+          // Flush every ~1 MiB: memory holds a chunk, not an image's annotations as one string.
+          if (chunk.length >= 1 << 20) {
+            await ann.write(chunk);
+            chunk = '';
+          }
         }
         if (chunk) await ann.write(chunk);
       }

@@ -6,12 +6,12 @@
  *   output_mode of that name);
  * - png: `<out>/<key>/<i>.png` (0/255) and `metadata.csv`, amg.py's write_masks_to_folder.
  */
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { open, readFile, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { decodeRle, rleToString } from '../core/rle.js';
-import type { CocoRle, MaskRecord, UncompressedRle } from '../core/types.js';
-import { produceFileAtomic, writeFileAtomic } from '../util/atomic.js';
+import { compactCounts, compactToCoco, decodeRle, rleToString, type AnyRle } from '../core/rle.js';
+import type { CocoRle, CompactRle, MaskRecord, UncompressedRle } from '../core/types.js';
+import { produceFileAtomic } from '../util/atomic.js';
 import type { RgbImage } from '../io/image.js';
 import { maskToPng, overlayColour, paintMask } from './masks.js';
 import { produceDirAtomic } from '../util/atomic.js';
@@ -47,23 +47,118 @@ export function pyFloat(x: number): string {
   return `${sign}${intPart}.${digits.slice(exp + 1) || '0'}`;
 }
 
-const ints = (v: readonly number[]): string => `[${v.join(', ')}]`;
+const ints = (v: ArrayLike<number>): string => `[${Array.prototype.join.call(v, ', ')}]`;
+
+/** A record's JSON up to its counts, and from its counts on (Python's json.dump, same key order). */
+function recordJsonParts(r: MaskRecord<unknown>, size: ArrayLike<number>): [string, string] {
+  const points = `[${r.point_coords.map((p) => `[${pyFloat(p[0])}, ${pyFloat(p[1])}]`).join(', ')}]`;
+  return [
+    `{"segmentation": {"size": ${ints(size)}, "counts": `,
+    `}, "area": ${r.area}, "bbox": ${ints(r.bbox)}, "predicted_iou": ${pyFloat(r.predicted_iou)}, ` +
+      `"point_coords": ${points}, "stability_score": ${pyFloat(r.stability_score)}, "crop_box": ${ints(r.crop_box)}}`,
+  ];
+}
 
 /** One record as Python's json.dump writes the generator's dict (same key order). */
-function recordJson(r: MaskRecord<CocoRle | UncompressedRle>): string {
+function recordJson(r: MaskRecord<AnyRle>): string {
   const s = r.segmentation;
-  const counts = typeof s.counts === 'string' ? JSON.stringify(s.counts) : ints(s.counts);
-  const seg = `{"size": ${ints(s.size)}, "counts": ${counts}}`;
-  const points = `[${r.point_coords.map((p) => `[${pyFloat(p[0])}, ${pyFloat(p[1])}]`).join(', ')}]`;
-  return (
-    `{"segmentation": ${seg}, "area": ${r.area}, "bbox": ${ints(r.bbox)}, "predicted_iou": ${pyFloat(r.predicted_iou)}, ` +
-    `"point_coords": ${points}, "stability_score": ${pyFloat(r.stability_score)}, "crop_box": ${ints(r.crop_box)}}`
-  );
+  const counts = 'bytes' in s ? JSON.stringify(compactToCoco(s).counts) : typeof s.counts === 'string' ? JSON.stringify(s.counts) : ints(s.counts);
+  const [head, tail] = recordJsonParts(r, s.size);
+  return head + counts + tail;
 }
 
 /** The per-image JSON document: an array of mask records, as amg.py writes it (no trailing newline). */
-export function recordsToJson(records: readonly MaskRecord<CocoRle | UncompressedRle>[]): string {
+export function recordsToJson(records: readonly MaskRecord<AnyRle>[]): string {
   return `[${records.map(recordJson).join(', ')}]`;
+}
+
+const BACKSLASH = 0x5c;
+const QUOTE = 0x22;
+
+/**
+ * The JSON string of compact counts, quotes included, as bytes: pycocotools' characters are
+ * 48..111, of which only the backslash needs escaping (JSON.stringify writes it as two).
+ */
+function compactCountsJson(bytes: Uint8Array): Uint8Array {
+  let escapes = 0;
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] === BACKSLASH) escapes++;
+  const out = new Uint8Array(bytes.length + escapes + 2);
+  out[0] = QUOTE;
+  if (escapes === 0) {
+    out.set(bytes, 1);
+  } else {
+    let p = 1;
+    for (let i = 0; i < bytes.length; i++) {
+      const c = bytes[i];
+      if (c === BACKSLASH) out[p++] = BACKSLASH;
+      out[p++] = c;
+    }
+  }
+  out[out.length - 1] = QUOTE;
+  return out;
+}
+
+/** Buffered writes to an open file, flushed every ~1 MiB: memory holds one chunk, not the document. */
+class ChunkedWriter {
+  private parts: Uint8Array[] = [];
+  private size = 0;
+  constructor(private readonly fh: FileHandle) {}
+
+  async text(s: string): Promise<void> {
+    await this.bytes(Buffer.from(s, 'utf8'));
+  }
+
+  async bytes(b: Uint8Array): Promise<void> {
+    this.parts.push(b);
+    this.size += b.length;
+    if (this.size >= 1 << 20) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.size === 0) return;
+    const buf = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.size);
+    this.parts = [];
+    this.size = 0;
+    let off = 0;
+    while (off < buf.length) off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
+  }
+}
+
+/** Uncompressed counts written as `[a, b, ...]`, a slice of runs at a time. */
+async function writeCountsList(w: ChunkedWriter, counts: ArrayLike<number>): Promise<void> {
+  const SLICE = 1 << 16;
+  await w.text('[');
+  for (let i = 0; i < counts.length; i += SLICE) {
+    const part = Array.prototype.slice.call(counts, i, Math.min(counts.length, i + SLICE)) as number[];
+    await w.text((i > 0 ? ', ' : '') + part.join(', '));
+  }
+  await w.text(']');
+}
+
+/**
+ * Write the per-image JSON document (what recordsToJson gives, byte for byte) to `file`, one
+ * record at a time: coco_rle counts go out as the compact bytes they are held in, uncompressed
+ * counts are decoded per mask. `sync` fsyncs before closing.
+ */
+async function writeRecordsFile(file: string, records: readonly MaskRecord<CompactRle>[], mode: 'coco_rle' | 'uncompressed_rle', sync: boolean): Promise<void> {
+  const fh = await open(file, 'w');
+  try {
+    const w = new ChunkedWriter(fh);
+    await w.text('[');
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i];
+      const [head, tail] = recordJsonParts(r, r.segmentation.size);
+      await w.text((i > 0 ? ', ' : '') + head);
+      if (mode === 'coco_rle') await w.bytes(compactCountsJson(r.segmentation.bytes));
+      else await writeCountsList(w, compactCounts(r.segmentation));
+      await w.text(tail);
+    }
+    await w.text(']');
+    await w.flush();
+    if (sync) await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 /** amg.py write_masks_to_folder's metadata.csv (rows joined by '\n', no trailing newline). */
@@ -78,15 +173,18 @@ export function metadataCsv(records: readonly MaskRecord<unknown>[]): string {
   return rows.join('\n');
 }
 
-export function toCocoRecords(records: readonly MaskRecord<UncompressedRle>[]): MaskRecord<CocoRle>[] {
-  return records.map((r) => ({ ...r, segmentation: { size: r.segmentation.size, counts: rleToString(r.segmentation.counts) } }));
+export function toCocoRecords(records: readonly MaskRecord<UncompressedRle | CompactRle>[]): MaskRecord<CocoRle>[] {
+  return records.map((r) => {
+    const seg = r.segmentation;
+    return { ...r, segmentation: 'bytes' in seg ? compactToCoco(seg) : { size: seg.size, counts: rleToString(seg.counts) } };
+  });
 }
 
 /** PNGs encoded concurrently by sharp's thread pool, few at a time so memory stays small. */
 const PNG_CONCURRENCY = 4;
 
 /** The png-mode folder, produced whole in a hidden temp folder and renamed into place. */
-export async function writePngFolder(dir: string, records: readonly MaskRecord<UncompressedRle>[], keepRle: boolean): Promise<void> {
+export async function writePngFolder(dir: string, records: readonly MaskRecord<CompactRle>[], keepRle: boolean): Promise<void> {
   await produceDirAtomic(dir, async (tmp) => {
     for (let start = 0; start < records.length; start += PNG_CONCURRENCY) {
       const batch = records.slice(start, start + PNG_CONCURRENCY);
@@ -98,21 +196,21 @@ export async function writePngFolder(dir: string, records: readonly MaskRecord<U
       );
     }
     // Plain writes: the folder as a whole is renamed into place.
-    if (keepRle) await writeFile(join(tmp, PNG_MODE_RLE_FILE), recordsToJson(toCocoRecords(records)));
+    if (keepRle) await writeRecordsFile(join(tmp, PNG_MODE_RLE_FILE), records, 'coco_rle', false);
     await writeFile(join(tmp, 'metadata.csv'), metadataCsv(records));
   });
 }
 
-/** Per-image records in the JSON modes, written atomically. */
-export async function writeRecordsJson(path: string, records: readonly MaskRecord<UncompressedRle>[], mode: 'coco_rle' | 'uncompressed_rle'): Promise<void> {
-  await writeFileAtomic(path, recordsToJson(mode === 'coco_rle' ? toCocoRecords(records) : records));
+/** Per-image records in the JSON modes, written atomically (temp file, fsync, rename), record by record. */
+export async function writeRecordsJson(path: string, records: readonly MaskRecord<CompactRle>[], mode: 'coco_rle' | 'uncompressed_rle'): Promise<void> {
+  await produceFileAtomic(path, (tmp) => writeRecordsFile(tmp, records, mode, true), '');
 }
 
 /**
  * The image with every mask blended in its colour and outlined, largest first so small masks
  * stay visible. Masks are decoded one at a time and painted within their box.
  */
-export async function writeAutoOverlay(path: string, image: RgbImage, records: readonly MaskRecord<UncompressedRle>[]): Promise<void> {
+export async function writeAutoOverlay(path: string, image: RgbImage, records: readonly MaskRecord<AnyRle>[]): Promise<void> {
   const { width: w, height: h } = image;
   const px = Uint8Array.from(image.data);
   const order = records.map((_, i) => i).sort((a, b) => records[b].area - records[a].area || a - b);
