@@ -2,6 +2,7 @@
  * Property and corner-case tests of src/amg beyond the golden data.
  */
 import { describe, expect, it } from 'vitest';
+import { rng } from './helpers/rng.js';
 import { batchedMaskToBox, boxXyxyToXywh, calculateStabilityScore, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../src/core/masks.js';
 import { batchedNms, nms } from '../src/core/nms.js';
 import { cocoToUncompressed, decodeRle, encodeMask, encodeMaskInCrop, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea, rleFromString, rleToBbox, rleToString, uncompressedToCoco } from '../src/core/rle.js';
@@ -9,17 +10,6 @@ import { createUpscaler } from '../src/core/upscale.js';
 import type { BinaryMask, BoxXyxy } from '../src/core/types.js';
 import { postprocessMasksReference } from './helpers/reference.js';
 
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Random blobby mask: rectangles and noise, so it has long runs and short ones. */
 function randomMask(r: () => number, h: number, w: number): BinaryMask {

@@ -16,7 +16,7 @@ import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { serializeModel, type GraphBuilder, type ValueInfoProto } from '../src/convert/onnx-builder.js';
 import { buildSamDecoder } from '../src/convert/sam-decoder.js';
 import { SPLIT_DECODER_IO, buildSamDecoderSplit } from '../src/convert/sam-decoder-split.js';
-import { TOL, absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
+import { TOL, absErrors, convertGoldenPath, loadGolden, readDecoderGolden } from './helpers/golden.js';
 
 interface GoldenCase {
   decoder_point_coords_1024: number[][];
@@ -171,14 +171,9 @@ describe('split SAM decoder (vit_t-random): image side, prompt-side IoU stage, m
   beforeAll(async () => {
     golden = loadGolden<ConvertGolden>('convert/convert-golden.json');
     sd = await loadStateDict(convertGoldenPath('vit_t-random.pth'));
-    const emb = readGoldenNpy('vit_t-random.dog.image_embeddings.npy');
-    expect(emb.shape).toEqual([1, 256, 64, 64]);
-    embeddings = new ort.Tensor('float32', emb.data, [1, 256, 64, 64]);
-    for (const name of CASES) {
-      const low = readGoldenNpy(`vit_t-random.dog.${name}.low_res_masks.npy`);
-      expect(low.shape).toEqual([1, M, 256, 256]);
-      lowResGolden.set(name, low.data);
-    }
+    const g = readDecoderGolden(CASES);
+    embeddings = new ort.Tensor('float32', g.embedding, [1, 256, 64, 64]);
+    for (const [name, low] of g.lowRes) lowResGolden.set(name, low);
     const graphs = buildSamDecoderSplit(sd);
     [image, prompt, masks] = await Promise.all([session(graphs.image), session(graphs.prompt), session(graphs.masks)]);
     imageSide = await image.run({ image_embeddings: embeddings });

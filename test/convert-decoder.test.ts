@@ -12,7 +12,7 @@ import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { buildSamDecoder } from '../src/convert/sam-decoder.js';
-import { TOL, absErrors, convertGoldenPath, loadGolden, readGoldenNpy } from './helpers/golden.js';
+import { TOL, absErrors, convertGoldenPath, loadGolden, readDecoderGolden, readGoldenNpy } from './helpers/golden.js';
 
 interface GoldenCase {
   decoder_point_coords_1024: number[][];
@@ -106,14 +106,9 @@ describe('converted SAM decoder (vit_t-random) vs the official PyTorch outputs',
   beforeAll(async () => {
     golden = loadGolden<ConvertGolden>('convert/convert-golden.json');
     sd = await loadStateDict(convertGoldenPath('vit_t-random.pth'));
-    const emb = readGoldenNpy('vit_t-random.dog.image_embeddings.npy');
-    expect(emb.shape).toEqual([1, 256, 64, 64]);
-    embeddings = new ort.Tensor('float32', emb.data, [1, 256, 64, 64]);
-    for (const name of CASES) {
-      const low = readGoldenNpy(`vit_t-random.dog.${name}.low_res_masks.npy`);
-      expect(low.shape).toEqual([1, M, 256, 256]);
-      lowResGolden.set(name, low.data);
-    }
+    const g = readDecoderGolden(CASES);
+    embeddings = new ort.Tensor('float32', g.embedding, [1, 256, 64, 64]);
+    for (const [name, low] of g.lowRes) lowResGolden.set(name, low);
     for (const name of CASES) {
       const c = golden.cases[name];
       prompts.set(name, {

@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { rng } from './helpers/rng.js';
 import { SamAutomaticMaskGenerator } from '../src/amg/generator.js';
 import type { AmgPredictor } from '../src/amg/predictor.js';
 import {
@@ -29,17 +30,6 @@ import { getPreprocessShape } from '../src/core/transforms.js';
 import type { BinaryMask, BoxXyxy, CompactRle, MaskRecord, Size } from '../src/core/types.js';
 import { recordsToJson, writePngFolder, writeRecordsJson } from '../src/output/records.js';
 
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Naive COCO RLE: walk the mask column-major, runs alternate starting with zeros. */
 function naiveCounts(mask: BinaryMask): number[] {

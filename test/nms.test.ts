@@ -1,10 +1,11 @@
 /**
  * src/core/nms.ts: torchvision's nms / batched_nms against the golden data
- * (../shared/golden/amg-golden.json `batched_nms`, amg-golden-2.json `batched_nms_large`),
+ * (amg-golden-2.json `batched_nms_large`; amg-golden.json's `batched_nms` is in amg-golden.test.ts),
  * the unstable sort against libstdc++'s std::sort, and the kept sets against a naive reference
  * written here from the definition (it shares no code with the kernel).
  */
 import { describe, expect, it } from 'vitest';
+import { rng } from './helpers/rng.js';
 import { batchedNms, nms, stdSortIndices } from '../src/core/nms.js';
 import type { BoxXyxy } from '../src/core/types.js';
 import { loadGolden } from './helpers/golden.js';
@@ -24,20 +25,8 @@ interface GoldenNmsLargeCase extends GoldenNmsCase {
   torchvision_path: 'vanilla' | 'coordinate_trick';
 }
 
-const golden = loadGolden<{ batched_nms: GoldenNmsCase[] }>();
 const golden2 = loadGolden<{ batched_nms_large: GoldenNmsLargeCase[] }>('amg-golden-2.json');
 
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ascending = (a: readonly number[]): number[] => [...a].sort((x, y) => x - y);
 
@@ -103,17 +92,6 @@ function randomProblem(r: () => number, n: number): { boxes: Float32Array; score
 }
 
 const THRESHOLDS = [0, 0.3, 1 / 3, 0.5, 0.7, 1];
-
-describe('batched_nms golden (amg-golden.json)', () => {
-  golden.batched_nms.forEach((c, k) => {
-    it(`case ${k}: ${c.scores.length} boxes, iou ${c.iou_threshold}`, () => {
-      const boxes = Float32Array.from(c.boxes_xyxy.flat());
-      const scores = Float32Array.from(c.scores);
-      const idxs = c.idxs ?? new Array<number>(c.scores.length).fill(0);
-      expect(batchedNms(boxes, scores, idxs, c.iou_threshold)).toEqual(c.keep);
-    });
-  });
-});
 
 describe('batched_nms_large golden (amg-golden-2.json)', () => {
   it('has the five documented cases', () => {

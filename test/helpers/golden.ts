@@ -73,3 +73,19 @@ export function absErrors(actual: ArrayLike<number>, expected: ArrayLike<number>
   }
   return { max, mean: sum / actual.length };
 }
+
+/**
+ * The decoder golden inputs of ../shared/golden/convert: vit_t-random's (stale-bias) embedding of
+ * dog.jpg [1,256,64,64] and each named case's official low_res_masks [1,4,256,256].
+ */
+export function readDecoderGolden<N extends string>(cases: readonly N[]): { embedding: Float32Array; lowRes: Map<N, Float32Array> } {
+  const emb = readGoldenNpy('vit_t-random.dog.image_embeddings.npy');
+  if (emb.shape.join(',') !== '1,256,64,64') throw new Error(`golden embedding has shape [${emb.shape}], expected [1,256,64,64]`);
+  const lowRes = new Map<N, Float32Array>();
+  for (const name of cases) {
+    const low = readGoldenNpy(`vit_t-random.dog.${name}.low_res_masks.npy`);
+    if (low.shape.join(',') !== '1,4,256,256') throw new Error(`golden ${name} low_res_masks has shape [${low.shape}], expected [1,4,256,256]`);
+    lowRes.set(name, low.data);
+  }
+  return { embedding: emb.data, lowRes };
+}
