@@ -60,7 +60,7 @@ async function runModel(modelDir: string, items: readonly InputImage[], pointsPe
       times.merge(t);
     }
     const wallMs = performance.now() - t0;
-    return { times, wallMs, masks, images: items.length, decoderBatched: decoder.batched, peakRssMb: process.resourceUsage().maxRSS / 1024 };
+    return { times, wallMs, masks, images: items.length, decoderBatched: !('batched' in decoder) || decoder.batched, peakRssMb: process.resourceUsage().maxRSS / 1024 };
   } finally {
     await rm(out, { recursive: true, force: true });
   }

@@ -4,7 +4,7 @@
  * MobileSAM checkpoint), verify (ok and tampered), and --model NAME for a pulled model.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -294,6 +294,8 @@ describe('sam models list', () => {
   });
 });
 
+const CONVERTED_FILES = ['decoder.onnx', 'decoder_batched.onnx', 'decoder_image.onnx', 'decoder_masks.onnx', 'decoder_prompt.onnx', 'encoder.onnx', 'manifest.json'];
+
 describe('sam models convert and verify', () => {
   const out = join(tmp.dir, 'converted');
 
@@ -311,17 +313,20 @@ describe('sam models convert and verify', () => {
     expect(r.stderr).not.toMatch(/error/);
     expect(r.code).toBe(EXIT.ok);
     expect(r.stdout.trim()).toBe(out);
-    expect(readdirSync(out).sort()).toEqual(['decoder.onnx', 'decoder_batched.onnx', 'encoder.onnx', 'manifest.json']);
+    expect(readdirSync(out).sort()).toEqual(CONVERTED_FILES);
     const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as {
       format: string;
+      splitDecoder: Record<string, string>;
       type: string;
       decoderBatched: boolean;
       files: Record<string, { sha256: string; bytes: number }>;
       source: { checkpoint: string; sha256: string };
     };
     expect(manifest).toMatchObject({ format: 'sam-onnx/1', type: 'vit_t', decoderBatched: false, source: { checkpoint: CKPT_NAME, sha256 } });
+    expect(manifest.splitDecoder).toEqual({ image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' });
+    expect(Object.keys(manifest.files).sort()).toEqual(CONVERTED_FILES.filter((f) => f !== 'manifest.json'));
     for (const [name, f] of Object.entries(manifest.files)) expect(sha256Of(join(out, name))).toBe(f.sha256);
-    for (const phase of ['read checkpoint', 'build encoder', 'write encoder', 'build decoder', 'build batched decoder']) {
+    for (const phase of ['read checkpoint', 'build encoder', 'write encoder', 'build decoder', 'build batched decoder', 'build decoder prompt side']) {
       expect(r.stderr).toMatch(new RegExp(`convert: ${phase} [\\d.]+ s`));
     }
 
@@ -369,6 +374,75 @@ describe('sam models convert and verify', () => {
       expect(maxErr).toBeLessThan(TOL.decoderLogits.max);
       for (let k = 0; k < m; k++) expect(Math.abs(res.iouPredictions[i * m + k] - one.iouPredictions[k])).toBeLessThan(TOL.decoderIou.max);
     }
+  });
+
+  it('the split decoder (image side, IoU stage, mask stage for chosen rows) gives each prompt what the single-prompt decoder gives', async () => {
+    const model = await SamModel.open(out, { threads: 2 });
+    const single = await model.decoder();
+    const split = await model.splitDecoder();
+    expect(split).toBeDefined();
+    expect(await model.amgDecoder('auto')).toBe(split);
+    const emb = new Float32Array(256 * 64 * 64);
+    for (let i = 0; i < emb.length; i++) emb[i] = Math.sin(i * 0.37) * 0.5;
+    const embeddings = new ort.Tensor('float32', emb, [1, 256, 64, 64]);
+    const prompts = [
+      [100, 200, 0, 0],
+      [512, 300, 0, 0],
+      [900, 800, 0, 0],
+    ];
+    const labels = [1, -1];
+    const image = await split!.imageSide(embeddings);
+    const stage1 = await split!.promptSide(image, Float32Array.from(prompts.flat()), Float32Array.from(prompts.flatMap(() => labels)), prompts.length, 2);
+    const m = stage1.numMasks;
+    expect(m).toBe(4);
+    // Stage 2 for prompts 2 and 0 only, in that order.
+    const rows = Int32Array.from([2, 0]);
+    const lowRes = await split!.maskSide(stage1, rows);
+    const low = 256 * 256;
+    for (let i = 0; i < prompts.length; i++) {
+      const one = await single.run(
+        { embeddings, pointCoords: Float32Array.from(prompts[i]), pointLabels: Float32Array.from(labels), batch: 1, numPoints: 2, origSize: [64, 64] },
+        ['low_res_masks'],
+      );
+      for (let k = 0; k < m; k++) expect(Math.abs(stage1.iouPredictions[i * m + k] - one.iouPredictions[k])).toBeLessThan(TOL.decoderIou.max);
+      const j = rows.indexOf(i);
+      if (j < 0) continue;
+      const row = lowRes.subarray(j * m * low, (j + 1) * m * low);
+      let maxErr = 0;
+      for (let k = 0; k < row.length; k++) maxErr = Math.max(maxErr, Math.abs(row[k] - one.lowResMasks![k]));
+      expect(maxErr).toBeLessThan(TOL.decoderLogits.max);
+    }
+  });
+
+  it('convert upgrades a folder converted before the split decoder existed, and refuses another checkpoint\'s folder', async () => {
+    const old = join(tmp.dir, 'old-conversion');
+    cpSync(out, old, { recursive: true });
+    const manifestPath = join(old, 'manifest.json');
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as { id: string; splitDecoder?: unknown; files: Record<string, unknown>; source: { sha256: string } };
+    delete manifest.splitDecoder;
+    for (const f of ['decoder_image.onnx', 'decoder_prompt.onnx', 'decoder_masks.onnx']) {
+      rmSync(join(old, f));
+      delete manifest.files[f];
+    }
+    writeFileSync(manifestPath, JSON.stringify(manifest));
+    expect((await SamModel.open(old)).manifest?.splitDecoder).toBeUndefined();
+
+    const other = join(tmp.dir, 'other-conversion');
+    cpSync(old, other, { recursive: true });
+    writeFileSync(join(other, 'manifest.json'), JSON.stringify({ ...manifest, source: { ...manifest.source, sha256: '0'.repeat(64) } }));
+    const refused = await runSam(['models', 'convert', checkpoint, '--out', other]);
+    expect(refused.code).toBe(EXIT.output);
+    expect(refused.stderr).toMatch(/holds a model converted from another checkpoint .*; pass --force/);
+
+    const r = await runSam(['models', 'convert', checkpoint, '--out', old]);
+    expect(r.code).toBe(EXIT.ok);
+    expect(r.stderr).toMatch(/sam: upgraded \(split decoder added\)/);
+    expect(readdirSync(old).sort()).toEqual(CONVERTED_FILES);
+    const upgraded = JSON.parse(readFileSync(manifestPath, 'utf8')) as { id: string };
+    // Same checkpoint, same id: embedding files made before the upgrade stay valid.
+    expect(upgraded.id).toBe(manifest.id);
+    expect(sha256Of(join(old, 'encoder.onnx'))).toBe(sha256Of(join(out, 'encoder.onnx')));
+    expect((await SamModel.open(old)).manifest?.splitDecoder).toBeDefined();
   });
 
   it('verify fails with the model exit code on a tampered file', async () => {

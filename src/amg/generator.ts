@@ -315,21 +315,27 @@ export class SamAutomaticMaskGenerator {
     const { cropBox, cropSize, origSize } = ctx;
     const [cropH, cropW] = cropSize;
     const nPoints = points.length / 2;
-    // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
-    const { lowResLogits, iouPredictions, masksPerPoint } = await this.predictor.predictPoints(Float32Array.from(points));
     const lowLen = LOW_RES_LENGTH;
     const o = this.options;
     // torch compares a float32 tensor with a Python float in float32: round the thresholds too.
     const iouThresh = Math.fround(o.predIouThresh);
     const stabilityThresh = Math.fround(o.stabilityScoreThresh);
+    const passesIou = (iou: number): boolean => !(o.predIouThresh > 0) || iou > iouThresh;
+    // Only prompts with a mask above pred_iou_thresh need logits (two-stage decoding).
+    const wantMasks = o.predIouThresh > 0 ? (iou: Float32Array): boolean => iou.some(passesIou) : undefined;
+    // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
+    const { lowResLogits, iouPredictions, masksPerPoint, maskRows } = await this.predictor.predictPoints(Float32Array.from(points), wantMasks);
     const origBox: BoxXyxy = [0, 0, origSize[1], origSize[0]];
-    for (let p = 0; p < nPoints; p++) {
+    const nRows = maskRows ? maskRows.length : nPoints;
+    for (let r = 0; r < nRows; r++) {
+      const p = maskRows ? maskRows[r] : r;
       for (let k = 0; k < masksPerPoint; k++) {
         const m = p * masksPerPoint + k;
         const iou = iouPredictions[m];
-        if (o.predIouThresh > 0 && !(iou > iouThresh)) continue;
+        if (!passesIou(iou)) continue;
         const t0 = performance.now();
-        const low = lowResLogits.subarray(m * lowLen, (m + 1) * lowLen);
+        const l = r * masksPerPoint + k;
+        const low = lowResLogits.subarray(l * lowLen, (l + 1) * lowLen);
         allocateScratch(ctx);
         ctx.upscale(low, ctx.logits);
         const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask);

@@ -91,8 +91,8 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     .option('--min-mask-region-area <n>', 'fill holes and remove islands smaller than this many pixels (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
     .option('--point-grids <file>', 'JSON array of point grids, one per crop layer, each [[x,y],...] in 0..1 (replaces --points-per-side)')
     .addOption(
-      new Option('--decoder <which>', "auto: the model's batched decoder when it has one; single: one prompt per call; batched: require the batched one")
-        .choices(['auto', 'single', 'batched'])
+      new Option('--decoder <which>', "auto: the model's split decoder, else its batched one; split: image side once per crop, masks only for prompts above --pred-iou-thresh; batched: one call per batch of prompts; single: the official decoder, one prompt per call (same masks on every path)")
+        .choices(['auto', 'single', 'batched', 'split'])
         .default('auto'),
     )
     .addOption(

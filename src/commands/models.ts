@@ -305,7 +305,7 @@ async function modelsConvert(checkpoint: string, opts: ConvertOptions): Promise<
   const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet), attentionBiases: opts.attentionBiases });
   if (!quiet) {
     const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
-    process.stderr.write(`sam: converted ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
+    process.stderr.write(`sam: ${res.upgraded ? 'upgraded (split decoder added)' : 'converted'} ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
   }
   process.stdout.write(`${res.outDir}\n`);
 }

@@ -1,10 +1,11 @@
 /**
  * PyTorch SAM checkpoint → model folder: encoder.onnx, decoder.onnx (the official single-prompt
- * signature), decoder_batched.onnx (dynamic prompt batch, low-res masks only) and manifest.json
- * with every file's sha256. Everything is written into a temp folder next to `outDir` and renamed
+ * signature), decoder_batched.onnx (dynamic prompt batch, low-res masks only), the split decoder
+ * decoder_image/prompt/masks.onnx (sam-decoder-split.ts, for automatic mask generation) and
+ * manifest.json with every file's sha256. Everything is written into a temp folder next to `outDir` and renamed
  * into place at the end, so a failed or interrupted conversion leaves no half-written model.
  */
-import { readdir, stat, writeFile } from 'node:fs/promises';
+import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { SamError, modelError } from '../util/errors.js';
 import { loadStateDict, type StateDict } from './checkpoint.js';
@@ -14,6 +15,7 @@ import { packageVersion } from '../util/package.js';
 import { produceDirAtomic, removeStaleTemps } from '../util/atomic.js';
 import { serializeModel, serializeWithExternalData, type GraphBuilder, type ModelProto } from './onnx-builder.js';
 import { buildSamDecoder } from './sam-decoder.js';
+import { buildSamDecoderImageSide, buildSamDecoderMaskSide, buildSamDecoderPromptSide } from './sam-decoder-split.js';
 import { buildTinyVitEncoder } from './tinyvit-encoder.js';
 import { buildVitEncoder } from './vit-encoder.js';
 
@@ -24,6 +26,7 @@ export const FILES = {
   encoderData: 'encoder.onnx.data',
   decoder: 'decoder.onnx',
   batchedDecoder: 'decoder_batched.onnx',
+  splitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' },
 } as const;
 
 /** manifest.json of a converted model (a superset of the engine's ModelManifest). */
@@ -36,6 +39,8 @@ export interface ConvertedManifest {
   decoderBatched: false;
   /** Decoder with a dynamic prompt batch and no in-graph upscaling, for automatic mask generation. */
   batchedDecoder: string;
+  /** The split decoder (image side, prompt side, mask side), preferred by automatic mask generation. */
+  splitDecoder: { image: string; prompt: string; masks: string };
   description: string;
   files: Record<string, { sha256: string; bytes: number }>;
   source: { checkpoint: string; sha256: string; bytes: number };
@@ -56,7 +61,10 @@ export interface ConvertProgress {
 
 export interface ConvertOptions {
   onProgress?: (event: ConvertProgress) => void;
-  /** Replace an existing model folder at outDir. */
+  /**
+   * Replace an existing model folder at outDir. Without it, a folder converted from the same
+   * checkpoint by an older version (no split decoder) is upgraded; any other folder is refused.
+   */
   force?: boolean;
   /** The checkpoint's sha256 when the caller already knows it (a verified download). */
   checkpointSha256?: string;
@@ -73,9 +81,13 @@ export interface ConvertResult {
   outDir: string;
   type: SamModelType;
   manifest: ConvertedManifest;
+  /** outDir held an older conversion of the same checkpoint, now replaced by a complete one. */
+  upgraded: boolean;
   phases: PhaseTime[];
   seconds: number;
 }
+
+const ZERO_BIASES_SUFFIX = '-zero-attention-biases';
 
 /** Below protobuf's 2 GiB message limit with room for the graph itself. */
 const EXTERNAL_DATA_THRESHOLD = 1.5 * 1024 ** 3;
@@ -131,8 +143,17 @@ export async function convertCheckpoint(
   const started = performance.now();
   const timer = new PhaseTimer(opts.onProgress);
   const ckpt = await checkCheckpointFile(checkpointPath);
-  const out = await checkOutDir(outDir, opts.force ?? false);
-  const { sd, source, modelType } = await readCheckpoint(ckpt, type, opts, timer);
+  const { out, upgradeFrom, upgradeId } = await checkOutDir(outDir, opts.force ?? false);
+  let checkpointSha256 = opts.checkpointSha256;
+  if (upgradeFrom !== undefined) {
+    checkpointSha256 ??= (await timer.timed('hash checkpoint', () => sha256OfFile(ckpt.path))).sha256;
+    // Same checkpoint and same options (the id records --attention-biases zeros): same model id.
+    const sameOptions = (upgradeId ?? '').endsWith(ZERO_BIASES_SUFFIX) === (opts.attentionBiases === 'zeros');
+    if (checkpointSha256 !== upgradeFrom || !sameOptions) {
+      throw new SamError('output', `--out ${outDir} holds a model converted from another checkpoint (or with other options); pass --force to replace it, or choose another folder`);
+    }
+  }
+  const { sd, source, modelType } = await readCheckpoint(ckpt, type, { ...opts, checkpointSha256 }, timer);
 
   // Leftovers of a killed conversion into the same folder.
   await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
@@ -145,7 +166,7 @@ export async function convertCheckpoint(
     await writeFile(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   });
   if (!manifest) throw new Error('internal: conversion finished without a manifest');
-  return { outDir: out, type: modelType, manifest, phases: timer.phases, seconds: (performance.now() - started) / 1000 };
+  return { outDir: out, type: modelType, manifest, upgraded: upgradeFrom !== undefined, phases: timer.phases, seconds: (performance.now() - started) / 1000 };
 }
 
 interface CheckpointFile {
@@ -161,20 +182,40 @@ async function checkCheckpointFile(checkpointPath: string): Promise<CheckpointFi
   return { path, name: basename(path), bytes: info.size };
 }
 
-/** The absolute output folder, once it is known to be new, empty, or a model that `force` replaces. */
-async function checkOutDir(outDir: string, force: boolean): Promise<string> {
+/**
+ * The absolute output folder, once it is known to be new, empty, or a model that `force`
+ * replaces; `upgradeFrom`: the folder is an older conversion (no split decoder) of the checkpoint
+ * with this sha256, which the conversion may replace without `force` if the checkpoint matches.
+ */
+async function checkOutDir(outDir: string, force: boolean): Promise<{ out: string; upgradeFrom?: string; upgradeId?: string }> {
   const out = resolve(outDir);
   const outInfo = await stat(out).catch(() => undefined);
   if (outInfo && !outInfo.isDirectory()) throw new SamError('output', `--out ${outDir} is a file; pass a folder for the model`);
   if (await folderHasEntries(out)) {
     // --force replaces a previous model folder, never an unrelated folder the user pointed at.
-    const isModel = (await stat(join(out, 'manifest.json')).catch(() => undefined))?.isFile() ?? false;
+    const manifestText = await readFile(join(out, 'manifest.json'), 'utf8').catch(() => undefined);
+    const isModel = manifestText !== undefined;
+    if (isModel && !force) {
+      const old = parseOldManifest(manifestText);
+      if (old && old.splitDecoder === undefined && typeof old.source?.sha256 === 'string' && typeof old.id === 'string') {
+        return { out, upgradeFrom: old.source.sha256, upgradeId: old.id };
+      }
+    }
     if (!force || !isModel) {
       const fix = isModel ? 'pass --force to replace it, or choose another folder' : 'choose an empty or new folder';
       throw new SamError('output', `--out ${outDir} already exists and is not empty; ${fix}`);
     }
   }
-  return out;
+  return { out };
+}
+
+function parseOldManifest(text: string): Partial<ConvertedManifest> | undefined {
+  try {
+    const m: unknown = JSON.parse(text);
+    return typeof m === 'object' && m !== null && (m as { format?: unknown }).format === MODEL_FORMAT ? (m as Partial<ConvertedManifest>) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 interface SourceChecksum {
@@ -202,7 +243,7 @@ async function readCheckpoint(
   return { sd, source, modelType };
 }
 
-/** encoder.onnx, decoder.onnx and decoder_batched.onnx into `tmp`. */
+/** encoder.onnx, decoder.onnx, decoder_batched.onnx and the split decoder into `tmp`. */
 async function writeGraphs(tmp: string, sd: StateDict, modelType: SamModelType, ckptName: string, opts: ConvertOptions, timer: PhaseTimer): Promise<void> {
   const threshold = opts.externalDataThreshold ?? EXTERNAL_DATA_THRESHOLD;
   // Build and write one graph at a time, so each builder's initializers can be collected
@@ -232,6 +273,11 @@ async function writeGraphs(tmp: string, sd: StateDict, modelType: SamModelType, 
     () => buildSamDecoder(sd, { batched: true, upscale: false }),
     `SAM ${modelType} batched decoder (low-res masks only) from ${ckptName}`,
   );
+  // The split decoder for automatic mask generation (prompts without mask input).
+  const split = FILES.splitDecoder;
+  await graph('decoder image side', split.image, () => buildSamDecoderImageSide(sd), `SAM ${modelType} split decoder, image side (once per image) from ${ckptName}`);
+  await graph('decoder prompt side', split.prompt, () => buildSamDecoderPromptSide(sd), `SAM ${modelType} split decoder, prompt side (IoU; image-side inputs) from ${ckptName}`);
+  await graph('decoder mask side', split.masks, () => buildSamDecoderMaskSide(sd), `SAM ${modelType} split decoder, mask side (low-res masks) from ${ckptName}`);
 }
 
 /** `dir/file`; initializers beyond `threshold` bytes go to `<file>.data` beside it. */
@@ -259,12 +305,13 @@ function modelManifest(
   return {
     format: MODEL_FORMAT,
     // A different encoder from the same checkpoint must not share embeddings: its own id.
-    id: `${modelType}-${source.sha256.slice(0, 12)}${zeroBiases ? '-zero-attention-biases' : ''}`,
+    id: `${modelType}-${source.sha256.slice(0, 12)}${zeroBiases ? ZERO_BIASES_SUFFIX : ''}`,
     type: modelType,
     encoder: FILES.encoder,
     decoder: FILES.decoder,
     decoderBatched: false,
     batchedDecoder: FILES.batchedDecoder,
+    splitDecoder: { ...FILES.splitDecoder },
     description: `SAM ${modelType} converted from ${ckptName} by sam models convert${zeroBiases ? ' (TinyViT attention biases zeroed)' : ''}`,
     files,
     source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },

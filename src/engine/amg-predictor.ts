@@ -2,11 +2,12 @@ import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import * as ort from 'onnxruntime-node';
 import { StageTimes } from '../core/timings.js';
 import { applyCoords } from '../core/transforms.js';
-import type { AmgPredictor } from '../amg/predictor.js';
+import type { AmgPredictor, PointPrediction } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { cropImage, preprocess, type RgbImage } from '../io/image.js';
 import { LABEL, type ImageState } from './predictor.js';
-import type { DecoderSession, EncoderSession } from './model.js';
+import { DecoderSession, type EncoderSession } from './model.js';
+import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 
 const LOW_LEN = LOW_RES_LENGTH;
 /**
@@ -20,19 +21,85 @@ const LOW_LEN = LOW_RES_LENGTH;
  * at once); this only splits the ORT calls.
  */
 const DECODER_CHUNK = 4;
+/**
+ * Prompts per split-decoder stage-1 call (stage 2 takes the rows of one stage-1 call that pass the
+ * filter). Stage 1 keeps transformer_src, 4 MiB a prompt, until stage 2 has read it; see README
+ * "Design notes" for the measurements behind the value.
+ */
+const SPLIT_CHUNK = 4;
+
+/** Each prompt: the point (label 1) and the padding point (0, 0) with label −1, as the official AMG. */
+function pointPrompts(coords1024: Float64Array, first: number, rows: number): { coords: Float32Array; labels: Float32Array } {
+  const coords = new Float32Array(rows * 4);
+  const labels = new Float32Array(rows * 2);
+  for (let i = 0; i < rows; i++) {
+    coords[i * 4] = coords1024[2 * (first + i)];
+    coords[i * 4 + 1] = coords1024[2 * (first + i) + 1];
+    labels[i * 2] = LABEL.foreground;
+    labels[i * 2 + 1] = LABEL.padding;
+  }
+  return { coords, labels };
+}
+
+/** Collects [B, K] IoUs and the logits of the wanted prompts, dropping decoder mask 0 when M > 1. */
+class PredictionBuilder {
+  private k = 0;
+  private first = 0;
+  private iou = new Float32Array(0);
+  private readonly rows: number[] = [];
+  private readonly logits: Float32Array[] = [];
+
+  constructor(
+    private readonly b: number,
+    private readonly wantMasks?: (iou: Float32Array) => boolean,
+  ) {}
+
+  /** IoUs [rows, M] of prompts start.. ; returns the (chunk-relative) rows whose logits are wanted. */
+  addIou(start: number, iou: Float32Array, m: number, rows: number): Int32Array {
+    if (this.k === 0) {
+      this.first = m === 1 ? 0 : 1;
+      this.k = m - this.first;
+      this.iou = new Float32Array(this.b * this.k);
+    }
+    const want: number[] = [];
+    for (let i = 0; i < rows; i++) {
+      const row = iou.subarray(i * m + this.first, (i + 1) * m);
+      this.iou.set(row, (start + i) * this.k);
+      if (!this.wantMasks || this.wantMasks(row)) want.push(i);
+    }
+    return Int32Array.from(want);
+  }
+
+  /** Logits [want.length, M, 256, 256] of chunk rows `want` (chunk starting at prompt `start`). */
+  addLogits(start: number, want: Int32Array, low: Float32Array, m: number): void {
+    for (let j = 0; j < want.length; j++) {
+      this.rows.push(start + want[j]);
+      this.logits.push(low.slice((j * m + this.first) * LOW_LEN, (j + 1) * m * LOW_LEN));
+    }
+  }
+
+  build(): PointPrediction {
+    const lowResLogits = new Float32Array(this.rows.length * this.k * LOW_LEN);
+    this.logits.forEach((l, i) => lowResLogits.set(l, i * this.k * LOW_LEN));
+    return { iouPredictions: this.iou, masksPerPoint: this.k, maskRows: Int32Array.from(this.rows), lowResLogits };
+  }
+}
 
 /**
  * The generator's view of an ONNX model: embeds crops of one image and answers batches of single
- * foreground points with the multimask outputs. A batched decoder gets the whole batch in one call;
- * the official single-prompt decoder gets one call per point.
+ * foreground points with the multimask outputs. The split decoder runs its image side once per
+ * crop, stage 1 (IoU) for every prompt and stage 2 (masks) for the prompts the generator wants; a
+ * batched decoder gets the prompts in calls of DECODER_CHUNK; the official single-prompt decoder
+ * one call per point.
  */
 export class OnnxAmgPredictor implements AmgPredictor {
   private embeddings?: ort.Tensor;
+  private imageSide?: SplitImageSide;
   private cropSize: Size = [0, 0];
 
   constructor(
     private readonly encoder: EncoderSession | undefined,
-    private readonly decoder: DecoderSession,
+    private readonly decoder: DecoderSession | SplitDecoderSession,
     private readonly image: RgbImage,
     private readonly timings: StageTimes = new StageTimes(),
     /** A stored embedding of the whole image (sam embed), used for crop 0 instead of the encoder. */
@@ -54,63 +121,61 @@ export class OnnxAmgPredictor implements AmgPredictor {
       state = { embeddings, originalSize: [crop.height, crop.width], inputSize };
     }
     this.embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
+    this.imageSide = undefined;
+    const decoder = this.decoder;
+    if (!(decoder instanceof DecoderSession)) {
+      const embeddings = this.embeddings;
+      this.imageSide = await this.timings.time('decoder', () => decoder.imageSide(embeddings));
+    }
     this.cropSize = state.originalSize;
     return { cropSize: state.originalSize, inputSize: state.inputSize };
   }
 
-  async predictPoints(points: Float32Array): Promise<{ lowResLogits: Float32Array; iouPredictions: Float32Array; masksPerPoint: number }> {
+  async predictPoints(points: Float32Array, wantMasks?: (iou: Float32Array) => boolean): Promise<PointPrediction> {
     if (!this.embeddings) throw new Error('internal: predictPoints before setCrop');
-    const embeddings = this.embeddings;
     const b = points.length / 2;
     const coords1024 = applyCoords(points, this.cropSize);
-    // Each prompt: the point (label 1) and the padding point (0, 0) with label −1.
-    const prompt = (i: number, coords: Float32Array, labels: Float32Array, row: number) => {
-      coords[row * 4] = coords1024[2 * i];
-      coords[row * 4 + 1] = coords1024[2 * i + 1];
-      labels[row * 2] = LABEL.foreground;
-      labels[row * 2 + 1] = LABEL.padding;
-    };
+    const out = new PredictionBuilder(b, wantMasks);
     const t0 = performance.now();
-    // orig_im_size only shapes the `masks` output, which is not fetched here; ORT still computes
-    // it ([B, M, h, w] floats per call), so ask for a 1x1 one: low_res_masks are the same.
-    const run = (coords: Float32Array, labels: Float32Array, batch: number) =>
-      this.decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch, numPoints: 2, origSize: [1, 1] }, ['low_res_masks']);
-    // Copy prompt rows of a [batch, m, ...] result into [b, k, ...], dropping mask 0 (the
-    // single-mask output) when the decoder has multimask outputs.
-    let outLow = new Float32Array(0);
-    let outIou = new Float32Array(0);
-    let k = 0;
-    const take = (r: Awaited<ReturnType<typeof run>>, firstRow: number, rows: number) => {
-      const m = r.numMasks;
-      const first = m === 1 ? 0 : 1;
-      if (k === 0) {
-        k = m - first;
-        outLow = new Float32Array(b * k * LOW_LEN);
-        outIou = new Float32Array(b * k);
-      }
-      for (let i = 0; i < rows; i++) {
-        const row = firstRow + i;
-        outLow.set(r.lowResMasks!.subarray((i * m + first) * LOW_LEN, (i + 1) * m * LOW_LEN), row * k * LOW_LEN);
-        outIou.set(r.iouPredictions.subarray(i * m + first, (i + 1) * m), row * k);
-      }
-    };
-    if (this.decoder.batched) {
-      for (let start = 0; start < b; start += DECODER_CHUNK) {
-        const rows = Math.min(DECODER_CHUNK, b - start);
-        const coords = new Float32Array(rows * 4);
-        const labels = new Float32Array(rows * 2);
-        for (let i = 0; i < rows; i++) prompt(start + i, coords, labels, i);
-        take(await run(coords, labels, rows), start, rows);
-      }
-    } else {
-      for (let i = 0; i < b; i++) {
-        const coords = new Float32Array(4);
-        const labels = new Float32Array(2);
-        prompt(i, coords, labels, 0);
-        take(await run(coords, labels, 1), i, 1);
-      }
-    }
+    if (this.decoder instanceof DecoderSession) await this.predictWhole(this.decoder, coords1024, b, out);
+    else await this.predictSplit(this.decoder, coords1024, b, out);
     this.timings.add('decoder', performance.now() - t0);
-    return { lowResLogits: outLow, iouPredictions: outIou, masksPerPoint: k };
+    return out.build();
   }
+
+  private async predictSplit(decoder: SplitDecoderSession, coords1024: Float64Array, b: number, out: PredictionBuilder): Promise<void> {
+    const image = this.imageSide;
+    if (!image) throw new Error('internal: split decoder without its image side');
+    for (let start = 0; start < b; start += SPLIT_CHUNK) {
+      const rows = Math.min(SPLIT_CHUNK, b - start);
+      const { coords, labels } = pointPrompts(coords1024, start, rows);
+      const stage1 = await decoder.promptSide(image, coords, labels, rows, 2);
+      const want = out.addIou(start, stage1.iouPredictions, stage1.numMasks, rows);
+      if (want.length > 0) out.addLogits(start, want, await decoder.maskSide(stage1, want), stage1.numMasks);
+    }
+  }
+
+  private async predictWhole(decoder: DecoderSession, coords1024: Float64Array, b: number, out: PredictionBuilder): Promise<void> {
+    const embeddings = this.embeddings!;
+    const chunk = decoder.batched ? DECODER_CHUNK : 1;
+    for (let start = 0; start < b; start += chunk) {
+      const rows = Math.min(chunk, b - start);
+      const { coords, labels } = pointPrompts(coords1024, start, rows);
+      // orig_im_size only shapes the `masks` output, which is not fetched here; ORT still computes
+      // it ([B, M, h, w] floats per call), so ask for a 1x1 one: low_res_masks are the same.
+      const r = await decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch: rows, numPoints: 2, origSize: [1, 1] }, ['low_res_masks']);
+      const want = out.addIou(start, r.iouPredictions, r.numMasks, rows);
+      // Whole-decoder rows are all computed anyway: keep only the wanted ones' logits.
+      if (want.length > 0) out.addLogits(start, want, gatherChunkRows(r.lowResMasks!, want, r.numMasks), r.numMasks);
+    }
+  }
+}
+
+/** Rows `want` of low-res logits [rows, M, 256, 256]. */
+function gatherChunkRows(low: Float32Array, want: Int32Array, m: number): Float32Array {
+  const per = m * LOW_LEN;
+  if (want.length * per === low.length) return low;
+  const out = new Float32Array(want.length * per);
+  for (let j = 0; j < want.length; j++) out.set(low.subarray(want[j] * per, (want[j] + 1) * per), j * per);
+  return out;
 }

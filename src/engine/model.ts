@@ -5,6 +5,7 @@ import { basename, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { modelError } from '../util/errors.js';
 import { sha256File } from '../util/hash.js';
+import { SplitDecoderSession, type SplitDecoderFiles } from './split-decoder.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
 export interface ModelManifest {
@@ -21,6 +22,11 @@ export interface ModelManifest {
    * automatic mask generation. It may lack the in-graph upscaling (no orig_im_size / masks).
    */
   batchedDecoder?: string;
+  /**
+   * The split decoder (src/engine/split-decoder.ts), preferred for automatic mask generation:
+   * image side once per crop, IoU for every prompt, masks only for those that pass the filter.
+   */
+  splitDecoder?: SplitDecoderFiles;
   description?: string;
 }
 
@@ -220,6 +226,7 @@ export class SamModel {
   private encoderP?: Promise<EncoderSession>;
   private decoderP?: Promise<DecoderSession>;
   private batchedDecoderP?: Promise<DecoderSession | undefined>;
+  private splitDecoderP?: Promise<SplitDecoderSession | undefined>;
   private idP?: Promise<string>;
 
   private constructor(
@@ -247,6 +254,13 @@ export class SamModel {
       const dec = join(abs, manifest.decoder);
       const roles: [string, string][] = [['encoder', enc], ['decoder', dec]];
       if (typeof manifest.batchedDecoder === 'string') roles.push(['batchedDecoder', join(abs, manifest.batchedDecoder)]);
+      const split = manifest.splitDecoder;
+      if (split !== undefined) {
+        if (typeof split !== 'object' || split === null || !(['image', 'prompt', 'masks'] as const).every((k) => typeof split[k] === 'string')) {
+          throw modelError(`${manifestPath}: "splitDecoder" needs string fields "image", "prompt" and "masks" naming .onnx files; fix it or remove it`);
+        }
+        for (const k of ['image', 'prompt', 'masks'] as const) roles.push([`splitDecoder.${k}`, join(abs, split[k])]);
+      }
       for (const [role, file] of roles) {
         const st = await stat(file).catch(() => undefined);
         if (!st?.isFile()) throw modelError(`${manifestPath}: ${role} file ${basename(file)} is missing; restore it or fix "${role}" in the manifest`);
@@ -299,12 +313,32 @@ export class SamModel {
     return this.batchedDecoderP;
   }
 
+  /** The manifest's `splitDecoder`, or undefined when it names none. */
+  splitDecoder(): Promise<SplitDecoderSession | undefined> {
+    this.splitDecoderP ??= (async () => {
+      const files = this.manifest?.splitDecoder;
+      if (!files) return undefined;
+      const abs = { image: join(this.dir, files.image), prompt: join(this.dir, files.prompt), masks: join(this.dir, files.masks) };
+      const [image, prompt, masks] = await Promise.all([createSession(abs.image, this.options), createSession(abs.prompt, this.options), createSession(abs.masks, this.options)]);
+      return SplitDecoderSession.create(abs, image, prompt, masks);
+    })();
+    return this.splitDecoderP;
+  }
+
   /**
-   * The decoder automatic mask generation uses: 'auto' takes the manifest's batched decoder when
-   * there is one (one call per batch of points, no in-graph upscaling), else the main decoder.
+   * The decoder automatic mask generation uses. 'auto': the split decoder when the manifest has
+   * one, else the batched decoder, else the main decoder; 'split' and 'batched' require theirs;
+   * 'single' is the main decoder one prompt per call.
    */
-  async amgDecoder(choice: DecoderChoice = 'auto'): Promise<DecoderSession> {
+  async amgDecoder(choice: DecoderChoice = 'auto'): Promise<DecoderSession | SplitDecoderSession> {
     if (choice === 'single') return this.decoder();
+    if (choice === 'split' || choice === 'auto') {
+      const split = await this.splitDecoder();
+      if (split) return split;
+      if (choice === 'split') {
+        throw modelError(`${this.dir}: no split decoder (manifest "splitDecoder"); run 'sam models convert' on the checkpoint again to add it, or drop --decoder split`);
+      }
+    }
     const batched = (await this.batchedDecoder()) ?? (choice === 'batched' ? await this.decoder() : undefined);
     if (choice === 'batched' && !batched?.batched) {
       throw modelError(`${this.dir}: no batched decoder (manifest "batchedDecoder", or a decoder with a dynamic batch); convert the model with 'sam models convert' or drop --decoder batched`);
@@ -314,7 +348,7 @@ export class SamModel {
 }
 
 /** Which decoder `sam auto` uses: see SamModel.amgDecoder. */
-export type DecoderChoice = 'auto' | 'single' | 'batched';
+export type DecoderChoice = 'auto' | 'single' | 'batched' | 'split';
 
 function parseManifest(path: string, text: string): ModelManifest {
   let json: unknown;
