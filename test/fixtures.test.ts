@@ -281,8 +281,10 @@ describe('generated files', () => {
         decoder: 'decoder.onnx',
         decoderBatched: want[1],
         description: expect.any(String) as unknown,
+        ...(key === 'oracle' ? { splitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' } } : {}),
       });
     }
+    for (const f of Object.values(fx.models.oracle.splitDecoder ?? {})) expect(existsSync(f)).toBe(true);
     expect(path.basename(fx.models.oracle.dir)).toBe('oracle');
     expect(path.basename(fx.models.oracleNoManifest.dir)).toBe('oracle-nomanifest');
   });
@@ -609,6 +611,42 @@ describe('decoder variants', () => {
         const mine = all.subarray(b * per, (b + 1) * per);
         const theirs = (singles[b] as Decoded)[field];
         expect(bytes(mine).equals(bytes(theirs)), `${field}[${b}]`).toBe(true);
+      }
+    }
+  });
+
+  it('split: image side + prompt side + mask side give the batched decoder\'s iou_predictions and low_res_masks bit for bit', async () => {
+    const split = fx.models.oracle.splitDecoder!;
+    const [image, prompt, masks, batched] = await Promise.all([session(split.image), session(split.prompt), session(split.masks), session(fx.models.oracleBatched.decoder)]);
+    for (const name of ['basic-320x240', 'speck-hole-256']) {
+      const { emb } = await load(name);
+      const side = await image.run({ image_embeddings: emb });
+      // Points of every label, boxes, background points and padding; batches of equal N.
+      let seed = 7;
+      const rnd = (): number => (seed = (seed * 16807) % 2147483647) / 2147483647;
+      for (const n of [2, 3, 5]) {
+        const b = 6;
+        const coords = Float32Array.from({ length: b * n * 2 }, () => rnd() * 1024);
+        const labels = Float32Array.from({ length: b * n }, () => [0, 1, 1, 2, 3, -1][Math.floor(rnd() * 6)]);
+        const pointCoords = new ort.Tensor('float32', coords, [b, n, 2]);
+        const pointLabels = new ort.Tensor('float32', labels, [b, n]);
+        const want = await batched.run({
+          image_embeddings: emb,
+          point_coords: pointCoords,
+          point_labels: pointLabels,
+          mask_input: new ort.Tensor('float32', new Float32Array(b * 256 * 256), [b, 1, 256, 256]),
+          has_mask_input: new ort.Tensor('float32', new Float32Array(b), [b]),
+          orig_im_size: new ort.Tensor('float32', new Float32Array([64, 64]), [2]),
+        });
+        const stage1 = await prompt.run({ ...side, point_coords: pointCoords, point_labels: pointLabels });
+        const stage2 = await masks.run({ oracle_logits: stage1.oracle_logits });
+        expect(bytes(stage1.iou_predictions.data as Float32Array).equals(bytes(want.iou_predictions.data as Float32Array)), `${name} N=${n} iou`).toBe(true);
+        const got = stage2.low_res_masks.data as Float32Array;
+        const ref = want.low_res_masks.data as Float32Array;
+        // The same values; a zero may differ in sign only (x + +0 vs x + -0 orders), which no threshold sees.
+        let differ = 0;
+        for (let i = 0; i < ref.length; i++) if (got[i] !== ref[i]) differ++;
+        expect(differ, `${name} N=${n} low_res_masks`).toBe(0);
       }
     }
   });
