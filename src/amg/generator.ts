@@ -13,8 +13,11 @@
  *   runs), as a copy of those logits, upscaled and encoded again only if it survives the crop's
  *   NMS (the upscaler is deterministic, so the RLE is the same). Boxes, scores and points are
  *   typed-array columns: NMS needs nothing else.
+ *
+ * promptStrategy 'hierarchical' (opt-in, not in the reference) follows TinySAM's hierarchical
+ * segment everything (arXiv 2312.13789) per crop, see hierarchicalRounds; 'grid' is the reference.
  */
-import { buildAllLayerPointGrids, generateCropBoxes } from './grid.js';
+import { buildAllLayerPointGrids, generateCropBoxes, sparseGridIndices, squareGridSide } from './grid.js';
 import { LOW_RES_LENGTH } from '../core/constants.js';
 import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, removeSmallRegions, maskToBox } from '../core/masks.js';
 import { batchedNms } from '../core/nms.js';
@@ -39,6 +42,25 @@ export interface AmgOptions {
   /** Explicit normalized grids, one Float64Array [n, 2] per crop layer (overrides pointsPerSide). */
   pointGrids: Float64Array[] | null;
   minMaskRegionArea: number;
+  /**
+   * 'grid': every point of the crop's grid is a prompt (SamAutomaticMaskGenerator).
+   * 'hierarchical': TinySAM's hierarchical strategy, per crop: a sparse subset of the grid first,
+   * then only the grid points outside the confident regions of the masks it found.
+   */
+  promptStrategy: PromptStrategy;
+  /** Hierarchical only: a kept round-1 mask's pixels with logits above this count as covered. */
+  highScoreThresh: number;
+  /** Hierarchical only: round 1 runs every sparseStride-th row and column of the grid (integer >= 2). */
+  sparseStride: number;
+}
+
+export const PROMPT_STRATEGIES = ['grid', 'hierarchical'] as const;
+export type PromptStrategy = (typeof PROMPT_STRATEGIES)[number];
+
+/** Decoder prompts of one image: how many ran, and how many the full grids would have run (sums over crops). */
+export interface PromptCounts {
+  run: number;
+  grid: number;
 }
 
 /** The reference's defaults (and scripts/amg.py's). */
@@ -55,6 +77,10 @@ export const AMG_DEFAULTS: Readonly<AmgOptions> = {
   cropNPointsDownscaleFactor: 1,
   pointGrids: null,
   minMaskRegionArea: 0,
+  promptStrategy: 'grid',
+  // TinySAM's high_score_thresh.
+  highScoreThresh: 8.5,
+  sparseStride: 4,
 };
 
 /** SAM's mask_threshold: logits > 0 are mask. */
@@ -190,6 +216,14 @@ export function resolveAmgOptions(options: Partial<AmgOptions>): AmgOptions {
   if (o.pointGrids && o.pointGrids.length !== o.cropNLayers + 1) {
     throw new Error(`pointGrids has ${o.pointGrids.length} grid(s) but cropNLayers ${o.cropNLayers} needs ${o.cropNLayers + 1}`);
   }
+  if (!(PROMPT_STRATEGIES as readonly string[]).includes(o.promptStrategy)) {
+    throw new Error(`promptStrategy ${String(o.promptStrategy)}: expected one of ${PROMPT_STRATEGIES.join(', ')}`);
+  }
+  if (!Number.isInteger(o.sparseStride) || o.sparseStride < 2) throw new Error(`sparseStride ${o.sparseStride}: expected an integer >= 2`);
+  if (Number.isNaN(o.highScoreThresh)) throw new Error('highScoreThresh must be a number');
+  if (o.promptStrategy === 'hierarchical' && o.pointGrids) {
+    throw new Error("promptStrategy 'hierarchical' needs the square grids of pointsPerSide, not explicit pointGrids");
+  }
   return o;
 }
 
@@ -207,9 +241,15 @@ export class SamAutomaticMaskGenerator {
       buildAllLayerPointGrids(this.options.pointsPerSide!, this.options.cropNLayers, this.options.cropNPointsDownscaleFactor);
   }
 
-  /** All masks of the image the predictor holds, as mask records with compact RLE. */
-  async generate(origSize: Size, timings = new StageTimes()): Promise<MaskRecord<CompactRle>[]> {
-    let data = await this.generateMasks(origSize, timings);
+  /**
+   * All masks of the image the predictor holds, as mask records with compact RLE. `prompts`, when
+   * given, is set to the decoder prompts that ran and those the full grids would have run.
+   */
+  async generate(origSize: Size, timings = new StageTimes(), prompts?: PromptCounts): Promise<MaskRecord<CompactRle>[]> {
+    const counts: PromptCounts = prompts ?? { run: 0, grid: 0 };
+    counts.run = 0;
+    counts.grid = 0;
+    let data = await this.generateMasks(origSize, timings, counts);
     if (this.options.minMaskRegionArea > 0) {
       data = timings.timeSync('postprocess', () =>
         postprocessSmallRegions(data, this.options.minMaskRegionArea, Math.max(this.options.boxNmsThresh, this.options.cropNmsThresh)),
@@ -232,11 +272,11 @@ export class SamAutomaticMaskGenerator {
     return records;
   }
 
-  private async generateMasks(origSize: Size, timings: StageTimes): Promise<MaskSet> {
+  private async generateMasks(origSize: Size, timings: StageTimes, counts: PromptCounts): Promise<MaskSet> {
     const { cropBoxes, layerIdxs } = generateCropBoxes(origSize, this.options.cropNLayers, this.options.cropOverlapRatio);
     const data = new MaskSet();
     for (let i = 0; i < cropBoxes.length; i++) {
-      cat(data, await this.processCrop(cropBoxes[i], layerIdxs[i], origSize, timings));
+      cat(data, await this.processCrop(cropBoxes[i], layerIdxs[i], origSize, timings, counts));
     }
     if (cropBoxes.length > 1) {
       // Remove duplicates between crops: smaller crops win (score 1 / crop area).
@@ -251,7 +291,7 @@ export class SamAutomaticMaskGenerator {
     return data;
   }
 
-  private async processCrop(cropBox: BoxXyxy, layerIdx: number, origSize: Size, timings: StageTimes): Promise<MaskSet> {
+  private async processCrop(cropBox: BoxXyxy, layerIdx: number, origSize: Size, timings: StageTimes, counts: PromptCounts): Promise<MaskSet> {
     const { cropSize, inputSize } = await this.predictor.setCrop(cropBox);
     const [cropH, cropW] = cropSize;
     // points_for_image = grid * [w, h], in crop pixels.
@@ -270,12 +310,15 @@ export class SamAutomaticMaskGenerator {
       logits: EMPTY_LOGITS,
       mask: EMPTY_MASK,
       encoder: new RleEncoder(),
+      covered: null,
     };
     const data = new MaskSet();
-    const perBatch = this.options.pointsPerBatch * 2;
-    for (let start = 0; start < pointsForImage.length; start += perBatch) {
-      const points = pointsForImage.subarray(start, Math.min(start + perBatch, pointsForImage.length));
-      await this.processBatch(points, ctx, data, timings);
+    counts.grid += pointsForImage.length / 2;
+    if (this.options.promptStrategy === 'hierarchical') {
+      counts.run += await this.hierarchicalRounds(pointsForImage, ctx, data, timings);
+    } else {
+      await this.processPoints(pointsForImage, ctx, data, timings);
+      counts.run += pointsForImage.length / 2;
     }
     // Remove duplicates within this crop (boxes still in crop coordinates, as the reference).
     const keep = timings.timeSync('nms', () => nmsKeep(data.nmsBoxes(), data.iouPreds.subarray(0, data.n), this.options.boxNmsThresh));
@@ -311,6 +354,51 @@ export class SamAutomaticMaskGenerator {
     return kept;
   }
 
+  /** Prompts `pointsForImage` (crop pixels, [n, 2]) in batches of pointsPerBatch, into `data`. */
+  private async processPoints(pointsForImage: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<void> {
+    const perBatch = this.options.pointsPerBatch * 2;
+    for (let start = 0; start < pointsForImage.length; start += perBatch) {
+      const points = pointsForImage.subarray(start, Math.min(start + perBatch, pointsForImage.length));
+      await this.processBatch(points, ctx, data, timings);
+    }
+  }
+
+  /**
+   * TinySAM's hierarchical segment-everything on one crop's n×n grid `pointsForImage` (crop
+   * pixels): round 1 prompts the points on every sparseStride-th row and column; the kept masks'
+   * logits above highScoreThresh are OR-ed into a crop-sized map; round 2 prompts the other grid
+   * points whose pixel is not in the map. Both rounds' masks go into `data` (one NMS after).
+   * Returns the number of prompts run.
+   */
+  private async hierarchicalRounds(pointsForImage: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<number> {
+    const [cropH, cropW] = ctx.cropSize;
+    const count = pointsForImage.length / 2;
+    const n = squareGridSide(count);
+    if (n < 0) throw new Error(`internal: hierarchical prompts need a square grid, got ${count} points`);
+    const sparse = sparseGridIndices(n, this.options.sparseStride);
+    const round1 = new Float64Array(sparse.length * 2);
+    const inRound1 = new Uint8Array(count);
+    sparse.forEach((p, k) => {
+      round1[2 * k] = pointsForImage[2 * p];
+      round1[2 * k + 1] = pointsForImage[2 * p + 1];
+      inRound1[p] = 1;
+    });
+    ctx.covered = new Uint8Array(cropH * cropW);
+    await this.processPoints(round1, ctx, data, timings);
+    const covered = ctx.covered;
+    ctx.covered = null;
+    const round2: number[] = [];
+    for (let p = 0; p < count; p++) {
+      if (inRound1[p]) continue;
+      const x = Math.min(Math.max(Math.floor(pointsForImage[2 * p]), 0), cropW - 1);
+      const y = Math.min(Math.max(Math.floor(pointsForImage[2 * p + 1]), 0), cropH - 1);
+      if (covered[y * cropW + x]) continue;
+      round2.push(pointsForImage[2 * p], pointsForImage[2 * p + 1]);
+    }
+    await this.processPoints(Float64Array.from(round2), ctx, data, timings);
+    return sparse.length + round2.length / 2;
+  }
+
   private async processBatch(points: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<void> {
     const { cropBox, cropSize, origSize } = ctx;
     const [cropH, cropW] = cropSize;
@@ -320,6 +408,7 @@ export class SamAutomaticMaskGenerator {
     // torch compares a float32 tensor with a Python float in float32: round the thresholds too.
     const iouThresh = Math.fround(o.predIouThresh);
     const stabilityThresh = Math.fround(o.stabilityScoreThresh);
+    const highThresh = Math.fround(o.highScoreThresh);
     const passesIou = (iou: number): boolean => !(o.predIouThresh > 0) || iou > iouThresh;
     // Only prompts with a mask above pred_iou_thresh need logits (two-stage decoding).
     const wantMasks = o.predIouThresh > 0 ? (iou: Float32Array): boolean => iou.some(passesIou) : undefined;
@@ -355,6 +444,13 @@ export class SamAutomaticMaskGenerator {
           if (rle.bytes.length > LOW_RES_BYTES) rle = null;
         }
         timings.add('rle', performance.now() - t1);
+        if (ctx.covered) {
+          // Hierarchical round 1: the mask's confident pixels are covered.
+          const t2 = performance.now();
+          const { covered, logits } = ctx;
+          for (let i = 0; i < logits.length; i++) if (logits[i] > highThresh) covered[i] = 1;
+          timings.add('postprocess', performance.now() - t2);
+        }
         data.push(rle, rle ? null : low.slice(), area, stats.box, iou, points[2 * p], points[2 * p + 1], stats.stabilityScore, cropBox);
       }
     }
@@ -383,6 +479,8 @@ interface BatchContext {
   mask: Uint8Array;
   /** RLE scratch buffers, reused from mask to mask. */
   encoder: RleEncoder;
+  /** Hierarchical round 1: [cropH, cropW] OR of the kept masks' logits > highScoreThresh; null otherwise. */
+  covered: Uint8Array | null;
 }
 
 /**

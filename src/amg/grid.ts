@@ -77,3 +77,33 @@ export function generateCropBoxes(
   }
   return { cropBoxes, layerIdxs };
 }
+
+/**
+ * The rows (and columns) of an n×n grid that the first round of the hierarchical prompt strategy
+ * runs: r with r % stride === floor(stride / 2); the middle one, floor((n - 1) / 2), when that
+ * picks none (n small). Ascending; empty only for n = 0.
+ */
+export function sparseGridLines(n: number, stride: number): number[] {
+  const lines: number[] = [];
+  for (let r = Math.floor(stride / 2); r < n; r += stride) lines.push(r);
+  if (lines.length === 0 && n > 0) lines.push(Math.floor((n - 1) / 2));
+  return lines;
+}
+
+/**
+ * Indices into a row-major n×n grid (as buildPointGrid returns, point i at row floor(i / n),
+ * column i % n) of the points on both a sparse row and a sparse column, ascending.
+ */
+export function sparseGridIndices(n: number, stride: number): Int32Array {
+  const lines = sparseGridLines(n, stride);
+  const out = new Int32Array(lines.length * lines.length);
+  let k = 0;
+  for (const r of lines) for (const c of lines) out[k++] = r * n + c;
+  return out;
+}
+
+/** Points per side of a square grid of `count` points, or -1 when count is not a square. */
+export function squareGridSide(count: number): number {
+  const n = Math.round(Math.sqrt(count));
+  return n * n === count ? n : -1;
+}

@@ -2,7 +2,7 @@ import { isFile } from '../util/fs.js';
 import { availableParallelism } from 'node:os';
 import { Option, type Command } from 'commander';
 import { openModel } from '../hub/resolve.js';
-import { AMG_DEFAULTS, type AmgOptions } from '../amg/generator.js';
+import { AMG_DEFAULTS, PROMPT_STRATEGIES, type AmgOptions } from '../amg/generator.js';
 import { STAGES, StageTimes } from '../core/timings.js';
 import { SamError, errorMessage, usageError } from '../util/errors.js';
 import { OUTPUT_MODES, type OutputMode } from '../output/records.js';
@@ -91,6 +91,16 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     .option('--min-mask-region-area <n>', 'fill holes and remove islands smaller than this many pixels (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
     .option('--point-grids <file>', 'JSON array of point grids, one per crop layer, each [[x,y],...] in 0..1 (replaces --points-per-side)')
     .addOption(
+      new Option(
+        '--prompt-strategy <which>',
+        "grid: every grid point is a prompt (amg.py); hierarchical: TinySAM's hierarchical segment everything, per crop a sparse subset of the grid first, then only the grid points its confident masks do not cover (fewer decoder prompts)",
+      )
+        .choices([...PROMPT_STRATEGIES])
+        .default(d.promptStrategy),
+    )
+    .option('--high-score-thresh <x>', 'hierarchical only: logits above this in a kept first-round mask cover their pixels (TinySAM high_score_thresh)', parseFloatOption('--high-score-thresh', -1e6, 1e6), d.highScoreThresh)
+    .option('--sparse-stride <n>', 'hierarchical only: the first round prompts every n-th row and column of the grid', parseIntOption('--sparse-stride', 2, 1024), d.sparseStride)
+    .addOption(
       new Option('--decoder <which>', "auto: the model's split decoder, else its batched one; split: image side once per crop, masks only for prompts above --pred-iou-thresh; batched: one call per batch of prompts; single: the official decoder, one prompt per call (same masks on every path)")
         .choices(['auto', 'single', 'batched', 'split'])
         .default('auto'),
@@ -128,7 +138,15 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
 
 /** --point-grids FILE, checked against --points-per-side and --crop-n-layers; null without it. */
 async function pointGridsOption(opts: AutoOptions, cmd: Command): Promise<Float64Array[] | null> {
+  if (opts.promptStrategy !== 'hierarchical') {
+    for (const [key, flag] of [['highScoreThresh', '--high-score-thresh'], ['sparseStride', '--sparse-stride']] as const) {
+      if (cmd.getOptionValueSource(key) === 'cli') throw usageError(`${flag} applies to --prompt-strategy hierarchical only; add --prompt-strategy hierarchical or drop ${flag}`);
+    }
+  }
   if (!opts.pointGrids) return null;
+  if (opts.promptStrategy === 'hierarchical') {
+    throw usageError('--prompt-strategy hierarchical needs the square grid of --points-per-side; drop --point-grids, or keep it with --prompt-strategy grid');
+  }
   if (cmd.getOptionValueSource('pointsPerSide') === 'cli') throw usageError('give either --points-per-side or --point-grids, not both');
   const pointGrids = await readPointGrids(opts.pointGrids);
   if (pointGrids.length !== opts.cropNLayers + 1) {
@@ -169,6 +187,9 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
       cropOverlapRatio: opts.cropOverlapRatio,
       cropNPointsDownscaleFactor: opts.cropNPointsDownscaleFactor,
       minMaskRegionArea: opts.minMaskRegionArea,
+      promptStrategy: opts.promptStrategy,
+      highScoreThresh: opts.highScoreThresh,
+      sparseStride: opts.sparseStride,
     },
     outDir: opts.out,
     outputMode,
@@ -186,6 +207,9 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
 
   const total = new StageTimes();
   let masks = 0;
+  const hierarchical = opts.promptStrategy === 'hierarchical';
+  const prompts = { run: 0, grid: 0 };
+  const promptsText = (p: { run: number; grid: number }) => `${p.run} of ${p.grid} prompts`;
   const summary = await runBatch(
     items,
     async (item) => {
@@ -193,7 +217,13 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
       const r = await autoImage(setup, item, times);
       total.merge(times);
       masks += r.masks;
-      return { status: r.status, detail: r.status === 'done' ? `${r.masks} masks` : undefined };
+      if (r.prompts) {
+        prompts.run += r.prompts.run;
+        prompts.grid += r.prompts.grid;
+      }
+      if (r.status !== 'done') return { status: r.status };
+      const detail = hierarchical && r.prompts ? `${r.masks} masks, ${promptsText(r.prompts)}` : `${r.masks} masks`;
+      return { status: r.status, detail };
     },
     { jobs, quiet: opts.quiet ?? false },
   );
@@ -211,5 +241,5 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
       throw new SamError('output', `--coco ${opts.coco}: cannot write the COCO dataset (${errorMessage(err)}); check the folder and free space`, { cause: err });
     }
   }
-  return finishBatch(summary, `, ${masks} masks`);
+  return finishBatch(summary, hierarchical ? `, ${masks} masks, ${promptsText(prompts)}` : `, ${masks} masks`);
 }

@@ -5,7 +5,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, basename, extname, join } from 'node:path';
 import sharp from 'sharp';
-import { SamAutomaticMaskGenerator, resolveAmgOptions, type AmgOptions } from '../amg/generator.js';
+import { SamAutomaticMaskGenerator, resolveAmgOptions, type AmgOptions, type PromptCounts } from '../amg/generator.js';
 import { StageTimes } from '../core/timings.js';
 import type { Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
@@ -49,6 +49,8 @@ export interface AutoImageResult {
   status: 'done' | 'skipped';
   /** Masks written (0 when skipped). */
   masks: number;
+  /** Decoder prompts run, and those the full grids would have run (absent when skipped). */
+  prompts?: PromptCounts;
 }
 
 /** Validate the options once (the generator would otherwise fail on every image). */
@@ -81,7 +83,8 @@ export async function autoImage(setup: AutoSetup, item: InputImage, timings: Sta
   const needEncoder = !state || setup.amg.cropNLayers > 0;
   const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.amgDecoder(setup.decoder)]);
   const predictor = new OnnxAmgPredictor(encoder, decoder, image, timings, state);
-  const records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings);
+  const prompts: PromptCounts = { run: 0, grid: 0 };
+  const records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings, prompts);
   await timings.time('write', async () => {
     // The main output last: an overlay without it is redone, never the other way round.
     if (setup.overlayDir) await writeAutoOverlay(overlayPath(setup, item.key), image, records);
@@ -89,7 +92,7 @@ export async function autoImage(setup: AutoSetup, item: InputImage, timings: Sta
     if (setup.outputMode === 'png') await writePngFolder(out, records, setup.coco);
     else await writeRecordsJson(out, records, setup.outputMode);
   });
-  return { status: 'done', masks: records.length };
+  return { status: 'done', masks: records.length, prompts };
 }
 
 /**
