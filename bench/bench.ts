@@ -1,137 +1,214 @@
 /**
- * `npm run bench [-- --model DIR] [-- --points-per-side N] [-- IMAGES_OR_FOLDERS...]`
+ * `npm run bench [-- --quick] [-- --model DIR]`: figures for `sam auto`'s decoder paths, printed,
+ * never asserted (a benchmark is not a test). In one run, on the same images:
  *
- * Runs the `sam auto` pipeline (library calls, coco_rle output to a temp folder) over a folder
- * and prints where the time goes, per stage, plus wall time, images/s, masks and peak RSS.
- * Defaults: the oracle fixture model (built if missing) over ../shared/images. When the model has
- * a batched decoder (manifest "batchedDecoder", as `sam models convert` writes) or a batched
- * sibling folder (`<model>-batched`, as the fixture's oracle-batched), the same images are run
- * with the single-prompt decoder too and the decoders compared.
+ * 1. the machine: cores and onnxruntime's MatMul GFLOP/s (a 2048³ product, and the shapes the
+ *    decoders multiply), the compute limit the decoder is measured against;
+ * 2. one call of each decoder graph of the converted vit_t (MobileSAM's cost, random weights):
+ *    ms per prompt, multiply-adds per prompt (from ORT's profile), achieved GFLOP/s and the
+ *    fraction of the MatMul peak, and the per-operator-type profile;
+ * 3. whole `sam auto` runs, one process each (wall, stage times, peak RSS): a 2250x1500 photo
+ *    (SA-1B's average size, made from ../shared/images/dog.jpg) at 32x32 with the official
+ *    single-prompt decoder, the batched decoder and the split decoder (two-stage, with and
+ *    without the engine worker), and their ratios; the worst case (thresholds 0: every noise mask
+ *    of the random weights is post-processed); the realistic case (the colour oracle on the demo
+ *    scenes, meaningful masks);
+ * 4. hierarchical prompts: prompts run and masks found vs the grid.
+ *
+ * Random-weight masks are noise (~1e5 runs each): the worst case for post-processing, not a
+ * typical one; the oracle rows are the typical one. --quick: 16x16 instead of 32x32 on the photo.
  */
-import { table } from '../src/util/format.js';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { availableParallelism, cpus } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import sharp from 'sharp';
 import { generateFixtures } from '../fixtures/generate.js';
-import { AMG_DEFAULTS } from '../src/amg/generator.js';
-import { STAGES, StageTimes, type Stage } from '../src/core/timings.js';
-import { autoImage, autoSetup } from '../src/pipeline/auto.js';
-import { collectInputs, type InputImage } from '../src/io/inputs.js';
-import { SamModel, type DecoderChoice } from '../src/engine/model.js';
+import { convertCheckpoint } from '../src/convert/convert.js';
+import { table } from '../src/util/format.js';
+import { runAuto, type CliRun } from './cli-runs.js';
+import { matmulGflops, profileCall, type CallProfile } from './ort-profile.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SHARED = path.join(REPO, '..', 'shared');
+const CACHE = path.join(REPO, '.cache', 'bench');
 const FIXTURES = path.join(REPO, '.cache', 'test-fixtures');
+const SAM = path.join(REPO, 'dist', 'bin', 'sam.js');
 
-interface RunResult {
-  times: StageTimes;
-  wallMs: number;
-  masks: number;
-  images: number;
-  decoderBatched: boolean;
-  /** Process peak RSS (MB) when the run ended: runs go one after the other, so it only grows. */
-  peakRssMb: number;
+const out = (s = ''): void => void process.stdout.write(`${s}\n`);
+const numTable = (rows: string[][]): string => table(rows, { right: rows[0].map((_, i) => i).filter((i) => i > 0) });
+const f1 = (v: number): string => v.toFixed(1);
+const f2 = (v: number): string => v.toFixed(2);
+
+/** The converted vit_t (with its split decoder), converted once into .cache/bench. */
+async function vitT(modelArg: string | undefined): Promise<string> {
+  if (modelArg) return modelArg;
+  const dir = path.join(CACHE, 'vit_t');
+  const manifest = path.join(dir, 'manifest.json');
+  if (!existsSync(manifest) || !('splitDecoder' in (JSON.parse(readFileSync(manifest, 'utf8')) as object))) {
+    out(`converting ${path.join(SHARED, 'golden', 'convert', 'vit_t-random.pth')} into ${dir} ...`);
+    await convertCheckpoint(path.join(SHARED, 'golden', 'convert', 'vit_t-random.pth'), 'vit_t', dir, { force: true });
+  }
+  return dir;
 }
 
-async function runModel(modelDir: string, items: readonly InputImage[], pointsPerSide: number, decoderChoice: DecoderChoice = 'auto'): Promise<RunResult> {
-  const model = await SamModel.open(modelDir);
-  // Session creation is start-up cost, not per-image work: keep it out of the figures.
-  await model.encoder();
-  const decoder = await model.amgDecoder(decoderChoice);
-  const out = await mkdtemp(path.join(tmpdir(), 'sam-bench-'));
-  try {
-    const setup = autoSetup({
-      model,
-      amg: { ...AMG_DEFAULTS, pointsPerSide },
-      outDir: out,
-      outputMode: 'coco_rle',
-      coco: false,
-      force: true,
-      decoder: decoderChoice,
-    });
-    const times = new StageTimes();
-    let masks = 0;
-    const t0 = performance.now();
-    for (const item of items) {
-      const t = new StageTimes();
-      masks += (await autoImage(setup, item, t)).masks;
-      times.merge(t);
-    }
-    const wallMs = performance.now() - t0;
-    return { times, wallMs, masks, images: items.length, decoderBatched: !('batched' in decoder) || decoder.batched, peakRssMb: process.resourceUsage().maxRSS / 1024 };
-  } finally {
-    await rm(out, { recursive: true, force: true });
+/** dog.jpg at 2250x1500 (PNG, so decoding is cheap and exact). */
+async function photo2250(): Promise<string> {
+  const file = path.join(CACHE, 'dog-2250x1500.png');
+  if (!existsSync(file)) {
+    await mkdir(CACHE, { recursive: true });
+    await sharp(path.join(SHARED, 'images', 'dog.jpg')).resize(2250, 1500, { fit: 'fill' }).png().toFile(file);
+  }
+  return file;
+}
+
+async function fixtures(): Promise<{ models: string; images: string[] }> {
+  if (!existsSync(path.join(FIXTURES, 'models', 'oracle', 'decoder_prompt.onnx'))) await generateFixtures(FIXTURES);
+  const dir = path.join(FIXTURES, 'images');
+  const demo = ['basic-320x240', 'gray-200x200', 'many-small-512', 'rgb16-320x240', 'rgba-320x240', 'small-96x64', 'speck-hole-256', 'tall-200x500', 'wide-640x360'];
+  return { models: path.join(FIXTURES, 'models'), images: demo.map((n) => path.join(dir, `${n}.png`)).filter(existsSync) };
+}
+
+const tensor = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
+
+/** Point prompts as AMG sends them: a point and the (0,0)/−1 padding point, B rows. */
+function points(b: number): { point_coords: ort.Tensor; point_labels: ort.Tensor } {
+  const coords = new Float32Array(b * 4);
+  const labels = new Float32Array(b * 2);
+  for (let i = 0; i < b; i++) {
+    coords[i * 4] = 100 + 97 * i;
+    coords[i * 4 + 1] = 80 + 61 * i;
+    labels[i * 2] = 1;
+    labels[i * 2 + 1] = -1;
+  }
+  return { point_coords: tensor(coords, [b, 2, 2]), point_labels: tensor(labels, [b, 2]) };
+}
+
+interface DecoderRow {
+  name: string;
+  prompts: number;
+  p: CallProfile;
+}
+
+async function decoderCalls(model: string): Promise<DecoderRow[]> {
+  const emb = tensor(Float32Array.from({ length: 256 * 64 * 64 }, (_, i) => Math.sin(i * 0.37) * 0.5), [1, 256, 64, 64]);
+  const noMask = (b: number) => ({ mask_input: tensor(new Float32Array(b * 256 * 256), [b, 1, 256, 256]), has_mask_input: tensor(new Float32Array(b), [b]) });
+  const B = 4; // DECODER_CHUNK and SPLIT_CHUNK (src/engine/amg-predictor.ts)
+  const file = (f: string): string => path.join(model, f);
+  const rows: DecoderRow[] = [];
+  rows.push({
+    name: 'official single-prompt decoder',
+    prompts: 1,
+    p: await profileCall(file('decoder.onnx'), { image_embeddings: emb, ...points(1), ...noMask(1), orig_im_size: tensor(Float32Array.from([1, 1]), [2]) }),
+  });
+  rows.push({ name: `batched decoder (B=${B})`, prompts: B, p: await profileCall(file('decoder_batched.onnx'), { image_embeddings: emb, ...points(B), ...noMask(B) }) });
+  const imageSide = await ort.InferenceSession.create(file('decoder_image.onnx'));
+  const side = await imageSide.run({ image_embeddings: emb });
+  rows.push({ name: 'split: image side (once per crop)', prompts: 0, p: await profileCall(file('decoder_image.onnx'), { image_embeddings: emb }) });
+  const promptSide = await ort.InferenceSession.create(file('decoder_prompt.onnx'));
+  const stage1Feeds = { ...side, ...points(B) };
+  rows.push({ name: `split: stage 1, IoU (B=${B})`, prompts: B, p: await profileCall(file('decoder_prompt.onnx'), stage1Feeds) });
+  const stage1 = await promptSide.run(stage1Feeds);
+  const maskSide = await ort.InferenceSession.create(file('decoder_masks.onnx'));
+  const stage2Feeds = Object.fromEntries(maskSide.inputNames.map((n) => [n, stage1[n]]));
+  rows.push({ name: `split: stage 2, masks (B=${B})`, prompts: B, p: await profileCall(file('decoder_masks.onnx'), stage2Feeds) });
+  return rows;
+}
+
+function printDecoderCalls(rows: DecoderRow[], peak: number): void {
+  const t = [['graph (one call)', 'ms', 'ms/prompt', 'M mult-adds/prompt', 'GFLOP/s', '% of MatMul peak']];
+  for (const r of rows) {
+    const per = r.prompts || 1;
+    const gflops = (2 * r.p.macs) / (r.p.ms / 1000) / 1e9;
+    t.push([r.name, f1(r.p.ms), r.prompts ? f1(r.p.ms / per) : '-', f1(r.p.macs / per / 1e6), f1(gflops), f1((100 * gflops) / peak)]);
+  }
+  out(numTable(t));
+  out();
+  for (const r of rows.filter((x) => x.prompts > 0)) {
+    out(`per-operator profile, ${r.name}: ${r.p.byOp.slice(0, 9).map(([op, share]) => `${op} ${(100 * share).toFixed(1)}%`).join(', ')}`);
   }
 }
 
-const LABELS: Record<Stage, string> = {
-  decode: 'decode (image file)',
-  preprocess: 'preprocess (resize, normalize)',
-  encoder: 'encoder (ORT)',
-  decoder: 'decoder calls (ORT)',
-  postprocess: 'postprocess (upscale + filters)',
-  nms: 'nms',
-  rle: 'rle',
-  write: 'write',
-};
-
-/** Numbers right-aligned: every column but the first. */
-const numTable = (rows: string[][]): string => table(rows, { right: rows[0].map((_, i) => i).filter((i) => i > 0) });
-
-const ms = (v: number): string => v.toFixed(0);
+function printRuns(title: string, runs: CliRun[], gridPrompts: number, base?: CliRun): void {
+  out(`\n${title}`);
+  const t = [['run', 'wall s', 'decoder s', 'ms/prompt', 'postproc+rle s', 'masks', 'prompts', 'peak RSS MB', base ? `x vs ${base.label}` : '']];
+  for (const r of runs) {
+    const prompts = r.prompts?.run ?? gridPrompts;
+    const dec = r.stages.decoder ?? 0;
+    t.push([
+      r.label,
+      f1(r.wallS),
+      f1(dec),
+      f1((1000 * dec) / prompts),
+      f1((r.stages.postprocess ?? 0) + (r.stages.rle ?? 0)),
+      String(r.masks),
+      r.prompts ? `${r.prompts.run} of ${r.prompts.grid}` : String(prompts),
+      r.peakRssMb === undefined ? 'n/a' : r.peakRssMb.toFixed(0),
+      base ? f2(base.wallS / r.wallS) : '',
+    ]);
+  }
+  out(numTable(t));
+}
 
 async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({
-    options: { model: { type: 'string' }, 'points-per-side': { type: 'string' } },
-    allowPositionals: true,
-  });
-  let modelDir = values.model;
-  if (!modelDir) {
-    modelDir = path.join(FIXTURES, 'models', 'oracle');
-    if (!existsSync(path.join(modelDir, 'manifest.json'))) await generateFixtures(FIXTURES);
-  }
-  const pointsPerSide = values['points-per-side'] ? Number(values['points-per-side']) : AMG_DEFAULTS.pointsPerSide!;
-  const inputs = positionals.length > 0 ? positionals : [path.join(REPO, '..', 'shared', 'images')];
-  const items = await collectInputs(inputs);
-  if (items.length === 0) throw new Error(`no images found in ${inputs.join(', ')}`);
+  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' } } });
+  const model = await vitT(values.model);
+  const photo = await photo2250();
+  const fx = await fixtures();
+  const pps = values.quick ? 16 : 32;
 
-  process.stdout.write(`model ${modelDir}\nimages ${items.length} (${inputs.join(', ')}), points per side ${pointsPerSide}\n\n`);
-  const main = await runModel(modelDir, items, pointsPerSide);
-  const staged = STAGES.reduce((a, s) => a + main.times.ms[s], 0);
-  const rows = [['stage', 'ms', '% wall']];
-  for (const s of STAGES) rows.push([LABELS[s], ms(main.times.ms[s]), ((100 * main.times.ms[s]) / main.wallMs).toFixed(1)]);
-  rows.push(['other (untimed)', ms(main.wallMs - staged), ((100 * (main.wallMs - staged)) / main.wallMs).toFixed(1)]);
-  rows.push(['wall', ms(main.wallMs), '100.0']);
-  process.stdout.write(`${numTable(rows)}\n\n`);
-  process.stdout.write(
-    `${numTable([
-      ['images/s', (main.images / (main.wallMs / 1000)).toFixed(3)],
-      ['masks', String(main.masks)],
-      ['peak RSS (MB)', main.peakRssMb.toFixed(0)],
-      ['decoder', main.decoderBatched ? 'batched' : 'single prompt per call'],
-    ])}\n`,
-  );
+  out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}; onnxruntime-node ${ort.env.versions.node ?? ''}`);
+  const peak = await matmulGflops(2048, 2048, 2048);
+  const batchedShape = await matmulGflops(4 * 4096, 256, 128);
+  const splitShape = await matmulGflops(4 * 4096, 256, 56);
+  out(numTable([
+    ['ORT MatMul (all cores)', 'GFLOP/s'],
+    ['2048x2048 x 2048x2048 (the peak used below)', f1(peak)],
+    ['16384x256 x 256x128 (image-token projection, B=4)', f1(batchedShape)],
+    ['16384x256 x 256x56 (factorized attention, B=4)', f1(splitShape)],
+  ]));
 
-  // Compare against the other decoder of the same model, else against a `-batched` sibling.
-  const batchedDir = `${modelDir.replace(/[/\\]+$/, '')}-batched`;
-  let pair: [RunResult, RunResult, string] | undefined;
-  if (main.decoderBatched) pair = [await runModel(modelDir, items, pointsPerSide, 'single'), main, path.basename(modelDir)];
-  else if (existsSync(batchedDir)) pair = [main, await runModel(batchedDir, items, pointsPerSide), path.basename(batchedDir)];
-  if (pair) {
-    const [single, batched, name] = pair;
-    process.stdout.write(`\nsingle vs batched decoder (${name}, points per batch ${AMG_DEFAULTS.pointsPerBatch})\n`);
-    const cmp = [['decoder', 'decoder ms', 'wall ms', 'images/s', 'masks', 'peak RSS MB']];
-    for (const [label, r] of [['single', single], ['batched', batched]] as const) {
-      cmp.push([label, ms(r.times.ms.decoder), ms(r.wallMs), (r.images / (r.wallMs / 1000)).toFixed(3), String(r.masks), r.peakRssMb.toFixed(0)]);
-    }
-    process.stdout.write(`${numTable(cmp)}\n`);
-    process.stdout.write(`decoder-stage speed-up of batched over single: ${(single.times.ms.decoder / batched.times.ms.decoder).toFixed(2)}x\n`);
-  }
+  out(`\ndecoder graphs of ${model}`);
+  printDecoderCalls(await decoderCalls(model), peak);
+
+  const grid = pps * pps;
+  const photoRuns: CliRun[] = [];
+  const common = ['--model', model, '--points-per-side', String(pps), '-q'];
+  photoRuns.push(await runAuto(SAM, 'single', [photo], [...common, '--decoder', 'single', '--no-pipeline']));
+  photoRuns.push(await runAuto(SAM, 'batched', [photo], [...common, '--decoder', 'batched', '--no-pipeline']));
+  photoRuns.push(await runAuto(SAM, 'split, no worker', [photo], [...common, '--decoder', 'split', '--no-pipeline']));
+  photoRuns.push(await runAuto(SAM, 'split + worker (default)', [photo], [...common]));
+  printRuns(`sam auto, vit_t, 2250x1500 photo, ${pps}x${pps}, default thresholds (random weights: no mask passes pred_iou_thresh)`, photoRuns, grid, photoRuns[0]);
+
+  const worst = ['--model', model, '--points-per-side', '16', '--pred-iou-thresh', '0', '--stability-score-thresh', '0', '-q'];
+  const worstRuns = [
+    await runAuto(SAM, 'batched', [photo], [...worst, '--decoder', 'batched', '--no-pipeline']),
+    await runAuto(SAM, 'split + worker (default)', [photo], worst),
+  ];
+  printRuns('worst case: vit_t, 2250x1500, 16x16, --pred-iou-thresh 0 --stability-score-thresh 0 (768 noise masks)', worstRuns, 256, worstRuns[0]);
+
+  const oracle = (name: string): string => path.join(fx.models, name);
+  const realistic = ['--points-per-side', '16', '-q'];
+  const oracleRuns = [
+    await runAuto(SAM, 'single', fx.images, ['--model', oracle('oracle'), ...realistic, '--decoder', 'single', '--no-pipeline']),
+    await runAuto(SAM, 'batched', fx.images, ['--model', oracle('oracle-batched'), ...realistic, '--no-pipeline']),
+    await runAuto(SAM, 'split, no worker', fx.images, ['--model', oracle('oracle'), ...realistic, '--no-pipeline']),
+    await runAuto(SAM, 'split + worker (default)', fx.images, ['--model', oracle('oracle'), ...realistic]),
+  ];
+  printRuns(`realistic masks: colour oracle, ${fx.images.length} demo scenes, 16x16, default thresholds`, oracleRuns, 256 * fx.images.length, oracleRuns[0]);
+
+  const hier = [
+    { ...oracleRuns[3], label: 'oracle scenes, grid' },
+    await runAuto(SAM, 'oracle scenes, hierarchical', fx.images, ['--model', oracle('oracle'), ...realistic, '--prompt-strategy', 'hierarchical']),
+    await runAuto(SAM, `photo vit_t ${pps}x${pps}, hierarchical`, [photo], [...common, '--prompt-strategy', 'hierarchical']),
+  ];
+  printRuns('hierarchical prompts (prompts run of the grid; the random-weight photo finds no masks, so round 2 runs almost the whole grid)', hier, 256 * fx.images.length);
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exitCode = 1;
 });

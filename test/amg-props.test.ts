@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { rng } from './helpers/rng.js';
 import { batchedMaskToBox, boxXyxyToXywh, calculateStabilityScore, isBoxNearCropEdge, maskLogitStats, maskToBox, removeSmallRegions, uncropBoxesXyxy, uncropPoints } from '../src/core/masks.js';
 import { batchedNms, nms } from '../src/core/nms.js';
-import { cocoToUncompressed, decodeRle, encodeMask, encodeMaskInCrop, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea, rleFromString, rleToBbox, rleToString, uncompressedToCoco } from '../src/core/rle.js';
+import { RleEncoder, cocoToUncompressed, decodeRle, encodeMask, encodeMaskInCrop, maskToRleUncompressed, maskToRleUncompressedInCrop, rleArea, rleFromString, rleToBbox, rleToString, uncompressedToCoco } from '../src/core/rle.js';
 import { createUpscaler } from '../src/core/upscale.js';
 import type { BinaryMask, BoxXyxy } from '../src/core/types.js';
 import { postprocessMasksReference } from './helpers/reference.js';
@@ -86,6 +86,32 @@ describe('RLE properties', () => {
       // pycocotools toBbox = SAM box with +1 widths (and 0s for an empty mask).
       const [x0, y0, x1, y1] = maskToBox(m);
       expect(rleToBbox(coco)).toEqual(area === 0 ? [0, 0, 0, 0] : [x0, y0, x1 - x0 + 1, y1 - y0 + 1]);
+    }
+  });
+
+  it('RleEncoder.scanInCrop reading only the mask box gives the runs of the whole crop', () => {
+    const r = rng(11);
+    const whole = new RleEncoder();
+    const boxed = new RleEncoder();
+    for (let t = 0; t < 300; t++) {
+      const h = 1 + Math.floor(r() * 30);
+      const w = 1 + Math.floor(r() * 30);
+      // Ones only inside a random sub-rectangle (or none), as a mask with that box.
+      const data = new Uint8Array(h * w);
+      const [bx0, by0] = [Math.floor(r() * w), Math.floor(r() * h)];
+      const [bx1, by1] = [bx0 + Math.floor(r() * (w - bx0)), by0 + Math.floor(r() * (h - by0))];
+      if (r() > 0.1) for (let y = by0; y <= by1; y++) for (let x = bx0; x <= bx1; x++) data[y * w + x] = r() > 0.4 ? 1 : 0;
+      const mask = { data, h, w };
+      const box = maskToBox(mask);
+      const ih = h + Math.floor(r() * 10);
+      const iw = w + Math.floor(r() * 10);
+      const cx = Math.floor(r() * (iw - w + 1));
+      const cy = Math.floor(r() * (ih - h + 1));
+      const crop: BoxXyxy = [cx, cy, cx + w, cy + h];
+      const n = whole.scanInCrop(mask, crop, [ih, iw]);
+      expect(boxed.scanInCrop(mask, crop, [ih, iw], box)).toBe(n);
+      expect(boxed.compact()).toEqual(whole.compact());
+      expect(boxed.area()).toBe(whole.area());
     }
   });
 

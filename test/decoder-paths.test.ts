@@ -2,7 +2,8 @@
  * `sam auto`'s three decoder paths on the fixture scenes (the colour oracle): the official
  * single-prompt decoder (one call per point), the batched decoder (models/oracle-batched) and the
  * split decoder with two-stage decoding (models/oracle, `--decoder split` and the default) write
- * the same bytes. The oracle's graphs compute the same float32 values on every path
+ * the same bytes, with the model in the engine worker (pipelined, the default) or on the main
+ * thread (--no-pipeline). The oracle's graphs compute the same float32 values on every path
  * (test/fixtures.test.ts), so anything that differs here is the engine's doing: row order, the
  * rows stage 2 runs, the IoU filter.
  */
@@ -31,7 +32,9 @@ describe('sam auto decoder paths on the fixture scenes', () => {
     for (const [name, model, extra] of [
       ['batched', 'oracle-batched', ['--decoder', 'batched']],
       ['split', 'oracle', ['--decoder', 'split']],
+      // The default: split decoder in the engine worker, decoding while the main thread post-processes.
       ['auto', 'oracle', []],
+      ['split-one-thread', 'oracle', ['--decoder', 'split', '--no-pipeline']],
     ] as const) {
       const got = await autoRun(name, model, extra);
       for (const [file, text] of single) expect(got.get(file), `${name}: ${file}`).toBe(text);

@@ -12,6 +12,8 @@ import { decodeRle } from '../src/core/rle.js';
 import { applyBoxes, applyCoords, getPreprocessShape } from '../src/core/transforms.js';
 import type { CocoRle, Size } from '../src/core/types.js';
 import { createUpscaler } from '../src/core/upscale.js';
+import { maskLogitStats } from '../src/core/masks.js';
+import { rng } from './helpers/rng.js';
 import { loadImage, PIXEL_MEAN, PIXEL_STD, preprocess, resizeLongestSide } from '../src/io/image.js';
 import { decodeNpyFloat32 } from '../src/io/npy.js';
 import { fixtureModel, runSam, tempDir } from './helpers/cli.js';
@@ -95,6 +97,69 @@ describe('postprocess_masks_more (Sam.postprocess_masks, torch 1.13)', () => {
       );
       expect(eFast.max, 'createUpscaler').toBeLessThanOrEqual(MAX_ERR.fast);
       expect(eRef.max, 'reference').toBeLessThanOrEqual(MAX_ERR.reference);
+    });
+  }
+});
+
+/**
+ * The upscaler's `floor`: pixels whose whole low-res footprint is below floor − 1e-3 are −∞ and
+ * outside the row's active column range; every other pixel has exactly the value the full
+ * upscale gives. Checked on the golden cases and on blob-shaped logits (a few discs on a
+ * background far below, as SAM's masks look), and maskLogitStats with the active ranges gives
+ * the same stability score, area, box and mask as without.
+ */
+describe('upscaler floor (rows and columns certainly below the lowest threshold)', () => {
+  const blobs = (seed: number): Float32Array => {
+    const r = rng(seed);
+    const out = new Float32Array(256 * 256).fill(-12 - 8 * r());
+    for (let d = 0; d < 3; d++) {
+      const cx = r() * 256;
+      const cy = r() * 256;
+      const rad = 3 + r() * 40;
+      for (let y = 0; y < 256; y++) for (let x = 0; x < 256; x++) {
+        const dist = Math.hypot(x - cx, y - cy);
+        if (dist < rad + 6) out[y * 256 + x] = Math.max(out[y * 256 + x], (rad - dist) * 1.5 + (r() - 0.5));
+      }
+    }
+    return out;
+  };
+  const inputs: { name: string; lowRes: Float32Array; inputSize: Size; origSize: Size }[] = [
+    ...golden.postprocess_masks_more.map((c) => ({ name: c.name, lowRes: Float32Array.from(c.low_res_logits_256x256), inputSize: c.input_size, origSize: c.orig_size })),
+    ...[1, 2, 3].map((seed) => ({ name: `blobs-${seed}`, lowRes: blobs(seed), inputSize: [683, 1024] as Size, origSize: [1500, 2250] as Size })),
+    { name: 'blobs-4-small', lowRes: blobs(4), inputSize: [1024, 768] as Size, origSize: [240, 180] as Size },
+  ];
+  for (const { name, lowRes, inputSize, origSize } of inputs) {
+    it(`${name}: computed pixels equal the full upscale, skipped ones are below the floor`, () => {
+      const [h, w] = origSize;
+      const full = createUpscaler(inputSize, origSize)(lowRes);
+      const up = createUpscaler(inputSize, origSize);
+      const floored = up(lowRes, undefined, -1);
+      let skipped = 0;
+      let wrong = 0;
+      let notBelow = 0;
+      for (let y = 0; y < h; y++) {
+        const a = up.activeStart[y];
+        const b = up.activeEnd[y];
+        for (let x = 0; x < w; x++) {
+          const i = y * w + x;
+          if (x >= a && x < b) {
+            if (floored[i] !== full[i]) wrong++;
+          } else {
+            if (floored[i] !== -Infinity) wrong++;
+            if (!(full[i] < -1)) notBelow++;
+            skipped++;
+          }
+        }
+      }
+      expect(wrong).toBe(0);
+      expect(notBelow).toBe(0);
+      const plainMask = new Uint8Array(h * w);
+      const fastMask = new Uint8Array(h * w).fill(7);
+      const plain = maskLogitStats(full, 0, h, w, 0, 1, plainMask);
+      const fast = maskLogitStats(floored, 0, h, w, 0, 1, fastMask, up);
+      expect(fast).toEqual(plain);
+      expect(Buffer.from(fastMask).equals(Buffer.from(plainMask))).toBe(true);
+      if (name.startsWith('blobs')) expect(skipped / (h * w)).toBeGreaterThan(0.5);
     });
   }
 });

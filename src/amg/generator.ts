@@ -3,7 +3,8 @@
  * arrays. The model is reached only through AmgPredictor, so this file has no I/O.
  *
  * Differences of mechanism, not of result, from the reference:
- * - low-res logits are upscaled only for masks that pass the predicted-IoU filter;
+ * - low-res logits are upscaled only for masks that pass the predicted-IoU filter, and only the
+ *   rows that may hold a logit above the lowest threshold (−1 by default; Upscaler `floor`);
  * - stability score, binarization, area and box come from one pass over each mask's logits;
  * - masks become RLE straight from the crop-sized mask (no full-image mask is built), so memory
  *   holds one batch's logits plus compact RLEs, not a tensor per mask;
@@ -25,7 +26,7 @@ import { createUpscaler } from '../core/upscale.js';
 import { RleEncoder, decodeRle } from '../core/rle.js';
 import { StageTimes } from '../core/timings.js';
 import type { BoxXyxy, CompactRle, MaskRecord, Size } from '../core/types.js';
-import type { AmgPredictor } from './predictor.js';
+import type { AmgPredictor, MaskFilter, PointPrediction } from './predictor.js';
 
 export interface AmgOptions {
   /** Points per side of the grid; null when pointGrids is given. */
@@ -311,6 +312,7 @@ export class SamAutomaticMaskGenerator {
       mask: EMPTY_MASK,
       encoder: new RleEncoder(),
       covered: null,
+      floor: logitFloor(this.options),
     };
     const data = new MaskSet();
     counts.grid += pointsForImage.length / 2;
@@ -329,13 +331,13 @@ export class SamAutomaticMaskGenerator {
       const lowRes = kept.lowRes[i];
       if (!lowRes) continue;
       const t0 = performance.now();
-      ctx.upscale(lowRes, ctx.logits);
-      const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, this.options.stabilityScoreOffset, ctx.mask);
+      ctx.upscale(lowRes, ctx.logits, ctx.floor);
+      const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, this.options.stabilityScoreOffset, ctx.mask, ctx.upscale);
       timings.add('postprocess', performance.now() - t0);
       const b = kept.box(i);
       if (stats.box.some((v, k) => v !== b[k])) throw new Error('internal: a mask upscaled again differs from the first time');
       timings.timeSync('rle', () => {
-        ctx.encoder.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize);
+        ctx.encoder.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize, stats.box);
         kept.rles[i] = ctx.encoder.compact();
         kept.areas[i] = ctx.encoder.area();
       });
@@ -354,12 +356,29 @@ export class SamAutomaticMaskGenerator {
     return kept;
   }
 
-  /** Prompts `pointsForImage` (crop pixels, [n, 2]) in batches of pointsPerBatch, into `data`. */
+  /**
+   * Prompts `pointsForImage` (crop pixels, [n, 2]) in batches of pointsPerBatch, into `data`.
+   * The next batch is asked for before this one is post-processed, so a predictor that computes
+   * elsewhere (a worker thread) decodes while this thread upscales, filters and encodes.
+   */
   private async processPoints(pointsForImage: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<void> {
     const perBatch = this.options.pointsPerBatch * 2;
-    for (let start = 0; start < pointsForImage.length; start += perBatch) {
-      const points = pointsForImage.subarray(start, Math.min(start + perBatch, pointsForImage.length));
-      await this.processBatch(points, ctx, data, timings);
+    const o = this.options;
+    // Only prompts with a mask above pred_iou_thresh need logits (two-stage decoding).
+    const filter: MaskFilter | undefined = o.predIouThresh > 0 ? { iouAbove: Math.fround(o.predIouThresh) } : undefined;
+    const batchAt = (start: number): Float64Array => pointsForImage.subarray(start, Math.min(start + perBatch, pointsForImage.length));
+    // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
+    const predict = (start: number): Promise<PointPrediction> => this.predictor.predictPoints(Float32Array.from(batchAt(start)), filter);
+    let next: Promise<PointPrediction> | undefined = pointsForImage.length > 0 ? predict(0) : undefined;
+    try {
+      for (let start = 0; start < pointsForImage.length; start += perBatch) {
+        const prediction = await next!;
+        next = start + perBatch < pointsForImage.length ? predict(start + perBatch) : undefined;
+        this.processBatch(batchAt(start), prediction, ctx, data, timings);
+      }
+    } finally {
+      // A failed batch leaves the prefetched one unawaited: keep its rejection handled.
+      next?.catch(() => undefined);
     }
   }
 
@@ -399,7 +418,7 @@ export class SamAutomaticMaskGenerator {
     return sparse.length + round2.length / 2;
   }
 
-  private async processBatch(points: Float64Array, ctx: BatchContext, data: MaskSet, timings: StageTimes): Promise<void> {
+  private processBatch(points: Float64Array, prediction: PointPrediction, ctx: BatchContext, data: MaskSet, timings: StageTimes): void {
     const { cropBox, cropSize, origSize } = ctx;
     const [cropH, cropW] = cropSize;
     const nPoints = points.length / 2;
@@ -410,10 +429,7 @@ export class SamAutomaticMaskGenerator {
     const stabilityThresh = Math.fround(o.stabilityScoreThresh);
     const highThresh = Math.fround(o.highScoreThresh);
     const passesIou = (iou: number): boolean => !(o.predIouThresh > 0) || iou > iouThresh;
-    // Only prompts with a mask above pred_iou_thresh need logits (two-stage decoding).
-    const wantMasks = o.predIouThresh > 0 ? (iou: Float32Array): boolean => iou.some(passesIou) : undefined;
-    // The predictor maps crop pixels to the 1024 frame itself; hand it float32 crop pixels.
-    const { lowResLogits, iouPredictions, masksPerPoint, maskRows } = await this.predictor.predictPoints(Float32Array.from(points), wantMasks);
+    const { lowResLogits, iouPredictions, masksPerPoint, maskRows } = prediction;
     const origBox: BoxXyxy = [0, 0, origSize[1], origSize[0]];
     const nRows = maskRows ? maskRows.length : nPoints;
     for (let r = 0; r < nRows; r++) {
@@ -426,8 +442,8 @@ export class SamAutomaticMaskGenerator {
         const l = r * masksPerPoint + k;
         const low = lowResLogits.subarray(l * lowLen, (l + 1) * lowLen);
         allocateScratch(ctx);
-        ctx.upscale(low, ctx.logits);
-        const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask);
+        ctx.upscale(low, ctx.logits, ctx.floor);
+        const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask, ctx.upscale);
         const keep =
           (o.stabilityScoreThresh <= 0 || stats.stabilityScore >= stabilityThresh) &&
           !isBoxNearCropEdge(stats.box, cropBox, origBox);
@@ -438,7 +454,7 @@ export class SamAutomaticMaskGenerator {
         const enc = ctx.encoder;
         let rle: CompactRle | null = null;
         let area = 0;
-        if (enc.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize) <= LOW_RES_BYTES) {
+        if (enc.scanInCrop({ data: ctx.mask, h: cropH, w: cropW }, cropBox, origSize, stats.box) <= LOW_RES_BYTES) {
           rle = enc.compact();
           area = enc.area();
           if (rle.bytes.length > LOW_RES_BYTES) rle = null;
@@ -481,6 +497,15 @@ interface BatchContext {
   encoder: RleEncoder;
   /** Hierarchical round 1: [cropH, cropW] OR of the kept masks' logits > highScoreThresh; null otherwise. */
   covered: Uint8Array | null;
+  /** The lowest threshold upscaled logits are compared with: rows certainly below it need not be computed (Upscaler). */
+  floor: number;
+}
+
+/** The lowest of the thresholds the generator compares upscaled logits with. */
+function logitFloor(o: AmgOptions): number {
+  const t = [MASK_THRESHOLD, MASK_THRESHOLD - o.stabilityScoreOffset, MASK_THRESHOLD + o.stabilityScoreOffset];
+  if (o.promptStrategy === 'hierarchical') t.push(o.highScoreThresh);
+  return Math.min(...t.map(Math.fround));
 }
 
 /**

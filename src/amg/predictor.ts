@@ -1,5 +1,10 @@
 import type { BoxXyxy, Size } from '../core/types.js';
 
+/** Which prompts' logits predictPoints must return (plain data: it may cross to a worker thread). */
+export interface MaskFilter {
+  iouAbove: number;
+}
+
 /** What `predictPoints` returns for B prompts with K masks each. */
 export interface PointPrediction {
   /** [B, K] */
@@ -28,10 +33,12 @@ export interface AmgPredictor {
   /**
    * Multimask prediction for B single foreground points given in crop pixel coordinates.
    * points: Float32Array [B, 2] (x, y).
-   * `wantMasks(iou)` gets the K predicted IoUs of one prompt and says whether its logits are
-   * needed (the generator drops masks below pred_iou_thresh before looking at them); a predictor
-   * may skip computing the others (two-stage decoding) or return every prompt's logits anyway.
-   * Without it every prompt's logits are returned.
+   * With `masks.iouAbove`, logits are needed only for the prompts that have a mask with predicted
+   * IoU > iouAbove (float32 compare; the generator drops the others before looking at them): a
+   * predictor may skip computing the rest (two-stage decoding), and returns the needed prompts'
+   * logits (maskRows). Without it every prompt's logits are returned.
+   * A generator may call predictPoints for the next batch before it is done with the last one
+   * (pipelining): calls within one crop are answered in order.
    */
-  predictPoints(points: Float32Array, wantMasks?: (iou: Float32Array) => boolean): Promise<PointPrediction>;
+  predictPoints(points: Float32Array, masks?: MaskFilter): Promise<PointPrediction>;
 }

@@ -10,6 +10,7 @@ import { autoImage, autoSetup, cleanStaleOutputs, writeAutoCoco } from '../pipel
 import { readPointGrids } from '../io/point-grids.js';
 import { collectInputs, type InputImage } from '../io/inputs.js';
 import { SamModel, type DecoderChoice } from '../engine/model.js';
+import { AmgWorker } from '../engine/amg-worker-client.js';
 import { finishBatch, parseFloatOption, parseIntOption, runBatch } from './common.js';
 
 /** What commander hands the action: amg.py's options under the generator's names, plus the run's own. */
@@ -30,6 +31,8 @@ type AutoOptions = Omit<AmgOptions, 'pointsPerSide' | 'pointGrids'> & {
   force?: boolean;
   quiet?: boolean;
   decoder: DecoderChoice;
+  /** --no-pipeline sets it false. */
+  pipeline: boolean;
 };
 
 export interface Shard {
@@ -100,6 +103,7 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
     )
     .option('--high-score-thresh <x>', 'hierarchical only: logits above this in a kept first-round mask cover their pixels (TinySAM high_score_thresh)', parseFloatOption('--high-score-thresh', -1e6, 1e6), d.highScoreThresh)
     .option('--sparse-stride <n>', 'hierarchical only: the first round prompts every n-th row and column of the grid', parseIntOption('--sparse-stride', 2, 1024), d.sparseStride)
+    .option('--no-pipeline', 'run the model on the main thread, taking turns with post-processing (default: the model runs in a worker thread and decodes the next batch while this one is post-processed; same outputs)')
     .addOption(
       new Option('--decoder <which>', "auto: the model's split decoder, else its batched one; split: image side once per crop, masks only for prompts above --pred-iou-thresh; batched: one call per batch of prompts; single: the official decoder, one prompt per call (same masks on every path)")
         .choices(['auto', 'single', 'batched', 'split'])
@@ -170,8 +174,30 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
   const items = selectShard(await collectInputs(inputs), opts.shard);
   const model = await openModel(opts.model, { threads });
   // Load the sessions now so a bad model fails once, not once per image.
-  await model.amgDecoder(opts.decoder);
-  if (!opts.embeddings || opts.cropNLayers > 0) await model.encoder();
+  const loadEncoder = !opts.embeddings || opts.cropNLayers > 0;
+  let engine: AmgWorker | undefined;
+  if (opts.pipeline) {
+    engine = await AmgWorker.start({ modelDir: model.dir, threads, decoder: opts.decoder, encoder: loadEncoder });
+  } else {
+    await model.amgDecoder(opts.decoder);
+    if (loadEncoder) await model.encoder();
+  }
+  try {
+    return await runImages(items, opts, model, engine, pointGrids, outputMode, jobs);
+  } finally {
+    await engine?.close();
+  }
+}
+
+async function runImages(
+  items: InputImage[],
+  opts: AutoOptions,
+  model: SamModel,
+  engine: AmgWorker | undefined,
+  pointGrids: Float64Array[] | null,
+  outputMode: OutputMode,
+  jobs: number,
+): Promise<number> {
   const setup = autoSetup({
     model,
     amg: {
@@ -198,6 +224,7 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
     coco: opts.coco !== undefined,
     force: opts.force ?? false,
     decoder: opts.decoder,
+    engine,
   });
   const stale = await cleanStaleOutputs(setup, opts.coco);
   const log = (line: string) => {

@@ -84,6 +84,11 @@ export function maskLogitStats(
   maskThreshold: number,
   thresholdOffset: number,
   outMask?: Uint8Array,
+  /**
+   * Per row, the only columns that may hold a value above the lowest threshold (Upscaler's
+   * activeStart/activeEnd); the others are not read and count as below every threshold.
+   */
+  active?: { activeStart: Int32Array; activeEnd: Int32Array },
 ): MaskLogitStats {
   const t = Math.fround(maskThreshold);
   const hi = Math.fround(maskThreshold + thresholdOffset);
@@ -95,9 +100,15 @@ export function maskLogitStats(
   for (let y = 0; y < h; y++) {
     const rowStart = offset + y * w;
     const outRow = y * w;
+    const x0 = active ? active.activeStart[y] : 0;
+    const x1 = active ? Math.max(x0, active.activeEnd[y]) : w;
+    if (outMask && active) {
+      outMask.fill(0, outRow, outRow + x0);
+      outMask.fill(0, outRow + x1, outRow + w);
+    }
     let first = -1;
     let last = -1;
-    for (let x = 0; x < w; x++) {
+    for (let x = x0; x < x1; x++) {
       const v = logits[rowStart + x];
       if (v > hi) intersections++;
       if (v > lo) unions++;

@@ -35,6 +35,9 @@ function columnMajorRuns(
   y0: number,
   imageH: number,
   imageW: number,
+  /** Row stride and first index of the ch×cw block in `crop` (a sub-rectangle of a larger mask). */
+  stride = cw,
+  first = 0,
 ): number {
   checkImageSize(imageH, imageW);
   let buf: Uint32Array = out.data;
@@ -55,7 +58,7 @@ function columnMajorRuns(
       }
       run += y0;
     }
-    for (let i = cx, y = 0; y < ch; y++, i += cw) {
+    for (let i = first + cx, y = 0; y < ch; y++, i += stride) {
       const v = crop[i] !== 0 ? 1 : 0;
       if (v !== cur) {
         if (n === buf.length) buf = out.grow();
@@ -184,14 +187,26 @@ export class RleEncoder {
 
   /**
    * Runs of the full-image mask that is `cropMask` placed at `cropBox` (XYXY, exclusive max) and
-   * zero elsewhere in an image of `imageSize` ([h, w]); returns the number of runs.
+   * zero elsewhere in an image of `imageSize` ([h, w]); returns the number of runs. `maskBox`
+   * (XYXY, inclusive, in crop pixels; e.g. maskLogitStats' box) says no one lies outside it, so
+   * only the box is read. An empty mask's [0, 0, 0, 0] is fine: pixel (0, 0) is then 0 too.
    */
-  scanInCrop(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size): number {
+  scanInCrop(cropMask: BinaryMask, cropBox: BoxXyxy, imageSize: Size, maskBox?: ArrayLike<number>): number {
     checkCrop(cropMask, cropBox, imageSize);
     const [x0, y0] = cropBox;
     const [imageH, imageW] = imageSize;
     this.size = [imageH, imageW];
-    this.n = columnMajorRuns(this.runs, cropMask.data, cropMask.h, cropMask.w, x0, y0, imageH, imageW);
+    if (maskBox) {
+      // Only the box can hold ones: scan it as the crop, the rest of the image is zero runs.
+      const [bx0, by0, bx1, by1] = [maskBox[0], maskBox[1], maskBox[2], maskBox[3]];
+      if (!(bx0 >= 0 && by0 >= 0 && bx1 >= bx0 && by1 >= by0 && bx1 < cropMask.w && by1 < cropMask.h)) {
+        throw new Error(`mask box [${Array.from(maskBox).join(', ')}] lies outside the ${cropMask.h}x${cropMask.w} crop mask`);
+      }
+      const w = cropMask.w;
+      this.n = columnMajorRuns(this.runs, cropMask.data, by1 - by0 + 1, bx1 - bx0 + 1, x0 + bx0, y0 + by0, imageH, imageW, w, by0 * w + bx0);
+    } else {
+      this.n = columnMajorRuns(this.runs, cropMask.data, cropMask.h, cropMask.w, x0, y0, imageH, imageW);
+    }
     return this.n;
   }
 

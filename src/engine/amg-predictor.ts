@@ -2,7 +2,7 @@ import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import * as ort from 'onnxruntime-node';
 import { StageTimes } from '../core/timings.js';
 import { applyCoords } from '../core/transforms.js';
-import type { AmgPredictor, PointPrediction } from '../amg/predictor.js';
+import type { AmgPredictor, MaskFilter, PointPrediction } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { cropImage, preprocess, type RgbImage } from '../io/image.js';
 import { LABEL, type ImageState } from './predictor.js';
@@ -51,7 +51,7 @@ class PredictionBuilder {
 
   constructor(
     private readonly b: number,
-    private readonly wantMasks?: (iou: Float32Array) => boolean,
+    private readonly filter?: MaskFilter,
   ) {}
 
   /** IoUs [rows, M] of prompts start.. ; returns the (chunk-relative) rows whose logits are wanted. */
@@ -65,7 +65,8 @@ class PredictionBuilder {
     for (let i = 0; i < rows; i++) {
       const row = iou.subarray(i * m + this.first, (i + 1) * m);
       this.iou.set(row, (start + i) * this.k);
-      if (!this.wantMasks || this.wantMasks(row)) want.push(i);
+      const above = this.filter?.iouAbove;
+      if (above === undefined || row.some((v) => v > above)) want.push(i);
     }
     return Int32Array.from(want);
   }
@@ -131,11 +132,11 @@ export class OnnxAmgPredictor implements AmgPredictor {
     return { cropSize: state.originalSize, inputSize: state.inputSize };
   }
 
-  async predictPoints(points: Float32Array, wantMasks?: (iou: Float32Array) => boolean): Promise<PointPrediction> {
+  async predictPoints(points: Float32Array, masks?: MaskFilter): Promise<PointPrediction> {
     if (!this.embeddings) throw new Error('internal: predictPoints before setCrop');
     const b = points.length / 2;
     const coords1024 = applyCoords(points, this.cropSize);
-    const out = new PredictionBuilder(b, wantMasks);
+    const out = new PredictionBuilder(b, masks);
     const t0 = performance.now();
     if (this.decoder instanceof DecoderSession) await this.predictWhole(this.decoder, coords1024, b, out);
     else await this.predictSplit(this.decoder, coords1024, b, out);

@@ -10,6 +10,7 @@ import { StageTimes } from '../core/timings.js';
 import type { Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
 import { OnnxAmgPredictor } from '../engine/amg-predictor.js';
+import type { AmgWorker } from '../engine/amg-worker-client.js';
 import {
   isOutputComplete,
   outputPathFor,
@@ -43,6 +44,8 @@ export interface AutoSetup {
   force: boolean;
   /** Which decoder runs the point batches (SamModel.amgDecoder). */
   decoder?: DecoderChoice;
+  /** The engine worker (pipelined decoding); without it the model runs on this thread. */
+  engine?: AmgWorker;
 }
 
 export interface AutoImageResult {
@@ -81,10 +84,20 @@ export async function autoImage(setup: AutoSetup, item: InputImage, timings: Sta
   const size: Size = [image.height, image.width];
   const state = await storedEmbedding(setup, item, size);
   const needEncoder = !state || setup.amg.cropNLayers > 0;
-  const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.amgDecoder(setup.decoder)]);
-  const predictor = new OnnxAmgPredictor(encoder, decoder, image, timings, state);
   const prompts: PromptCounts = { run: 0, grid: 0 };
-  const records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings, prompts);
+  let records;
+  if (setup.engine) {
+    const predictor = await setup.engine.forImage(image, timings, state, needEncoder);
+    try {
+      records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings, prompts);
+    } finally {
+      await predictor.release();
+    }
+  } else {
+    const [encoder, decoder] = await Promise.all([needEncoder ? setup.model.encoder() : undefined, setup.model.amgDecoder(setup.decoder)]);
+    const predictor = new OnnxAmgPredictor(encoder, decoder, image, timings, state);
+    records = await new SamAutomaticMaskGenerator(predictor, setup.amg).generate(size, timings, prompts);
+  }
   await timings.time('write', async () => {
     // The main output last: an overlay without it is redone, never the other way round.
     if (setup.overlayDir) await writeAutoOverlay(overlayPath(setup, item.key), image, records);
