@@ -176,14 +176,14 @@ async function main(): Promise<void> {
 
   const grid = pps * pps;
   const photoRuns: CliRun[] = [];
-  const common = ['--model', model, '--points-per-side', String(pps), '-q'];
+  const common = ['--model', model, '--points-per-side', String(pps)];
   photoRuns.push(await runAuto(SAM, 'single', [photo], [...common, '--decoder', 'single', '--no-pipeline']));
   photoRuns.push(await runAuto(SAM, 'batched', [photo], [...common, '--decoder', 'batched', '--no-pipeline']));
   photoRuns.push(await runAuto(SAM, 'split, no worker', [photo], [...common, '--decoder', 'split', '--no-pipeline']));
   photoRuns.push(await runAuto(SAM, 'split + worker (default)', [photo], [...common]));
   printRuns(`sam auto, vit_t, 2250x1500 photo, ${pps}x${pps}, default thresholds (random weights: no mask passes pred_iou_thresh)`, photoRuns, grid, photoRuns[0]);
 
-  const worst = ['--model', model, '--points-per-side', '16', '--pred-iou-thresh', '0', '--stability-score-thresh', '0', '-q'];
+  const worst = ['--model', model, '--points-per-side', '16', '--pred-iou-thresh', '0', '--stability-score-thresh', '0'];
   const worstRuns = [
     await runAuto(SAM, 'batched', [photo], [...worst, '--decoder', 'batched', '--no-pipeline']),
     await runAuto(SAM, 'split + worker (default)', [photo], worst),
@@ -191,7 +191,7 @@ async function main(): Promise<void> {
   printRuns('worst case: vit_t, 2250x1500, 16x16, --pred-iou-thresh 0 --stability-score-thresh 0 (768 noise masks)', worstRuns, 256, worstRuns[0]);
 
   const oracle = (name: string): string => path.join(fx.models, name);
-  const realistic = ['--points-per-side', '16', '-q'];
+  const realistic = ['--points-per-side', '16'];
   const oracleRuns = [
     await runAuto(SAM, 'single', fx.images, ['--model', oracle('oracle'), ...realistic, '--decoder', 'single', '--no-pipeline']),
     await runAuto(SAM, 'batched', fx.images, ['--model', oracle('oracle-batched'), ...realistic, '--no-pipeline']),

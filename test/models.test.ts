@@ -334,6 +334,7 @@ describe('sam models convert and verify', () => {
     expect(v.code).toBe(EXIT.ok);
     expect(v.stdout).toMatch(/ok\s+encoder\.onnx: /);
     expect(v.stdout).toMatch(/ok\s+batched decoder: 3 prompts per call, 4 masks per prompt/);
+    expect(v.stdout).toMatch(/ok\s+split decoder: image side, IoU for 3 prompts, masks for 2 of them, 4 masks per prompt: ok/);
 
     const again = await runSam(['models', 'convert', checkpoint, '--out', out]);
     expect(again.code).toBe(EXIT.output);

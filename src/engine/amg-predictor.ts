@@ -41,13 +41,17 @@ function pointPrompts(coords1024: Float64Array, first: number, rows: number): { 
   return { coords, labels };
 }
 
-/** Collects [B, K] IoUs and the logits of the wanted prompts, dropping decoder mask 0 when M > 1. */
+/**
+ * Collects [B, K] IoUs and the logits of the wanted prompts, dropping decoder mask 0 when M > 1.
+ * The logits go straight into one [B, K, 256, 256] buffer (rows in prompt order), returned as a
+ * view of its first rows: no second copy.
+ */
 class PredictionBuilder {
   private k = 0;
   private first = 0;
   private iou = new Float32Array(0);
+  private logits = new Float32Array(0);
   private readonly rows: number[] = [];
-  private readonly logits: Float32Array[] = [];
 
   constructor(
     private readonly b: number,
@@ -62,10 +66,10 @@ class PredictionBuilder {
       this.iou = new Float32Array(this.b * this.k);
     }
     const want: number[] = [];
+    const above = this.filter?.iouAbove;
     for (let i = 0; i < rows; i++) {
       const row = iou.subarray(i * m + this.first, (i + 1) * m);
       this.iou.set(row, (start + i) * this.k);
-      const above = this.filter?.iouAbove;
       if (above === undefined || row.some((v) => v > above)) want.push(i);
     }
     return Int32Array.from(want);
@@ -73,15 +77,17 @@ class PredictionBuilder {
 
   /** Logits [want.length, M, 256, 256] of chunk rows `want` (chunk starting at prompt `start`). */
   addLogits(start: number, want: Int32Array, low: Float32Array, m: number): void {
+    const per = this.k * LOW_LEN;
+    // Sized for every prompt on first use (K is known only from the first result).
+    if (this.logits.length === 0) this.logits = new Float32Array(this.b * per);
     for (let j = 0; j < want.length; j++) {
+      this.logits.set(low.subarray((j * m + this.first) * LOW_LEN, (j + 1) * m * LOW_LEN), this.rows.length * per);
       this.rows.push(start + want[j]);
-      this.logits.push(low.slice((j * m + this.first) * LOW_LEN, (j + 1) * m * LOW_LEN));
     }
   }
 
   build(): PointPrediction {
-    const lowResLogits = new Float32Array(this.rows.length * this.k * LOW_LEN);
-    this.logits.forEach((l, i) => lowResLogits.set(l, i * this.k * LOW_LEN));
+    const lowResLogits = this.logits.subarray(0, this.rows.length * this.k * LOW_LEN);
     return { iouPredictions: this.iou, masksPerPoint: this.k, maskRows: Int32Array.from(this.rows), lowResLogits };
   }
 }

@@ -325,7 +325,15 @@ export class SamModel {
       const files = this.manifest?.splitDecoder;
       if (!files) return undefined;
       const abs = { image: join(this.dir, files.image), prompt: join(this.dir, files.prompt), masks: join(this.dir, files.masks) };
-      const [image, prompt, masks] = await Promise.all([createSession(abs.image, this.options), createSession(abs.prompt, this.options), createSession(abs.masks, this.options)]);
+      // ORT's arena keeps each session's peak intermediates for the whole run. The prompt side runs
+      // for every prompt and keeps it (without: 19% slower); the image side (once per crop) and the
+      // mask side (only for prompts that pass the IoU filter) give theirs back: at 4000x3000,
+      // thresholds 0, 8x8 grid, peak RSS 777 -> 600 MiB at the same speed.
+      const [image, prompt, masks] = await Promise.all([
+        createSession(abs.image, this.options, false),
+        createSession(abs.prompt, this.options),
+        createSession(abs.masks, this.options, false),
+      ]);
       return SplitDecoderSession.create(abs, image, prompt, masks);
     })();
     return this.splitDecoderP;

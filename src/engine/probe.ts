@@ -44,5 +44,21 @@ export async function probeModel(model: SamModel): Promise<ProbeCheck[]> {
       checks.push({ ok: true, what: 'batched decoder', detail: `${b} prompts per call, ${r.numMasks} masks per prompt, test batch ok` });
     }
   }
+
+  const split = await model.splitDecoder();
+  if (split) {
+    // Image side once, IoU for three prompts, masks for prompts 2 and 0.
+    const image = await split.imageSide(emb);
+    const coords = Float32Array.from([100, 100, 0, 0, 512, 512, 0, 0, 900, 300, 0, 0]);
+    const labels = Float32Array.from([1, -1, 1, -1, 1, -1]);
+    const stage1 = await split.promptSide(image, coords, labels, 3, 2);
+    const low = await split.maskSide(stage1, Int32Array.from([2, 0]));
+    const ok = stage1.iouPredictions.length === 3 * stage1.numMasks && low.length === 2 * stage1.numMasks * LOW_RES_LENGTH;
+    checks.push(
+      ok
+        ? { ok: true, what: 'split decoder', detail: `image side, IoU for 3 prompts, masks for 2 of them, ${stage1.numMasks} masks per prompt: ok` }
+        : { ok: false, what: 'split decoder', detail: 'test prompts gave outputs of the wrong size' },
+    );
+  }
   return checks;
 }

@@ -24,6 +24,7 @@ interface ManifestFiles {
   encoder?: string;
   decoder?: string;
   batchedDecoder?: string;
+  splitDecoder?: { image?: string; prompt?: string; masks?: string };
   files?: Record<string, { sha256?: string; bytes?: number }>;
 }
 
@@ -51,8 +52,13 @@ export async function verifyModel(arg: string, log: (c: Check) => void): Promise
 
   const files = manifest.files;
   if (files && typeof files === 'object') {
-    for (const role of ['encoder', 'decoder', 'batchedDecoder'] as const) {
-      const f = manifest[role];
+    const roles: [string, unknown][] = [
+      ['encoder', manifest.encoder],
+      ['decoder', manifest.decoder],
+      ['batchedDecoder', manifest.batchedDecoder],
+      ...(['image', 'prompt', 'masks'] as const).map((k): [string, unknown] => [`splitDecoder.${k}`, manifest.splitDecoder?.[k]]),
+    ];
+    for (const [role, f] of roles) {
       if (typeof f === 'string' && !(f in files)) report({ ok: false, what: f, detail: `the ${role} file is not listed in "files" of manifest.json` });
     }
     for (const [name, want] of Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) {
