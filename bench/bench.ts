@@ -205,7 +205,13 @@ async function main(): Promise<void> {
     await runAuto(SAM, 'oracle scenes, hierarchical', fx.images, ['--model', oracle('oracle'), ...realistic, '--prompt-strategy', 'hierarchical']),
     await runAuto(SAM, `photo vit_t ${pps}x${pps}, hierarchical`, [photo], [...common, '--prompt-strategy', 'hierarchical']),
   ];
-  printRuns('hierarchical prompts (prompts run of the grid; the random-weight photo finds no masks, so round 2 runs almost the whole grid)', hier, 256 * fx.images.length);
+  // Real photos with the colour oracle: masks that follow colour regions, i.e. a scene that is
+  // not flat shapes, where round 1 covers what it covers.
+  const photos = [path.join(SHARED, 'images', 'dog.jpg'), path.join(SHARED, 'images', 'groceries.jpg')];
+  const photoOracle = ['--model', oracle('oracle'), '--points-per-side', String(pps)];
+  hier.push({ ...(await runAuto(SAM, `photos (oracle) ${pps}x${pps}, grid`, photos, photoOracle)), prompts: { run: 2 * grid, grid: 2 * grid } });
+  hier.push(await runAuto(SAM, `photos (oracle) ${pps}x${pps}, hierarchical`, photos, [...photoOracle, '--prompt-strategy', 'hierarchical']));
+  printRuns('hierarchical prompts (prompts run of the grid; the random-weight photo finds no masks, so round 2 runs the whole grid)', hier, 256 * fx.images.length);
 }
 
 main().catch((err: unknown) => {
