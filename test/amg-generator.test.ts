@@ -7,70 +7,9 @@ import { AMG_DEFAULTS, SamAutomaticMaskGenerator, type AmgOptions } from '../src
 import { buildPointGrid } from '../src/amg/grid.js';
 import { postprocessMasksReference } from './helpers/reference.js';
 import { decodeRle } from '../src/core/rle.js';
-import { getPreprocessShape } from '../src/core/transforms.js';
-import type { AmgPredictor } from '../src/amg/predictor.js';
 import type { BoxXyxy, Size } from '../src/core/types.js';
 import { maskLogitStats } from '../src/core/masks.js';
-
-interface Disc {
-  cx: number;
-  cy: number;
-  r: number;
-}
-
-const LOW = 256;
-
-/** Logits slope: 10 per pixel from the disc's edge (in crop pixels). */
-const SLOPE = 10;
-
-class DiscPredictor implements AmgPredictor {
-  private crop: BoxXyxy = [0, 0, 0, 0];
-  private inputSize: Size = [0, 0];
-  calls = 0;
-  readonly crops: BoxXyxy[] = [];
-
-  constructor(
-    private readonly discs: readonly Disc[],
-    private readonly iou: number = 0.95,
-  ) {}
-
-  async setCrop(cropBox: BoxXyxy): Promise<{ cropSize: Size; inputSize: Size }> {
-    this.crop = cropBox;
-    this.crops.push(cropBox);
-    const cropSize: Size = [cropBox[3] - cropBox[1], cropBox[2] - cropBox[0]];
-    this.inputSize = getPreprocessShape(cropSize[0], cropSize[1]);
-    return { cropSize, inputSize: this.inputSize };
-  }
-
-  async predictPoints(points: Float32Array) {
-    this.calls++;
-    const b = points.length / 2;
-    const k = 3;
-    const [x0, y0, x1] = this.crop;
-    const scale = this.inputSize[1] / (x1 - x0); // 1024-frame pixels per crop pixel
-    const lowResLogits = new Float32Array(b * k * LOW * LOW).fill(-SLOPE * 20);
-    const iouPredictions = new Float32Array(b * k).fill(0.5);
-    for (let p = 0; p < b; p++) {
-      const px = points[2 * p] + x0;
-      const py = points[2 * p + 1] + y0;
-      const disc = this.discs.find((d) => (px - d.cx) ** 2 + (py - d.cy) ** 2 < d.r * d.r);
-      if (!disc) continue;
-      for (let m = 0; m < k; m++) {
-        const base = (p * k + m) * LOW * LOW;
-        for (let i = 0; i < LOW; i++) {
-          for (let j = 0; j < LOW; j++) {
-            // Low-res cell centre in the 1024 frame, back to image pixels.
-            const x = ((j + 0.5) * 4) / scale + x0;
-            const y = ((i + 0.5) * 4) / scale + y0;
-            lowResLogits[base + i * LOW + j] = SLOPE * (disc.r - Math.hypot(x - disc.cx, y - disc.cy));
-          }
-        }
-        iouPredictions[p * k + m] = this.iou;
-      }
-    }
-    return { lowResLogits, iouPredictions, masksPerPoint: k };
-  }
-}
+import { DiscPredictor, LOW, type Disc } from './helpers/disc-predictor.js';
 
 async function generate(size: Size, discs: Disc[], options: Partial<AmgOptions>, iou = 0.95) {
   const predictor = new DiscPredictor(discs, iou);
@@ -176,8 +115,8 @@ describe('SamAutomaticMaskGenerator with a fake predictor', () => {
     const discs = [DISC, { cx: 200, cy: 60, r: 30 }];
     const a = await generate(SIZE, discs, { ...BASE, pointsPerBatch: 1 });
     const b = await generate(SIZE, discs, { ...BASE, pointsPerBatch: 64 });
-    expect(a.predictor.calls).toBe(64);
-    expect(b.predictor.calls).toBe(1);
+    expect(a.predictor.calls).toHaveLength(64);
+    expect(b.predictor.calls).toHaveLength(1);
     expect(a.records).toHaveLength(2);
     expect(a.records).toEqual(b.records);
   });
@@ -222,7 +161,7 @@ describe('SamAutomaticMaskGenerator with a fake predictor', () => {
   it('uses explicit point grids per layer instead of points_per_side', async () => {
     const pointGrids = [Float64Array.from([DISC.cx / 256, DISC.cy / 256, 0.9, 0.9])];
     const { records, predictor } = await generate(SIZE, [DISC], { pointsPerSide: null, pointGrids });
-    expect(predictor.calls).toBe(1);
+    expect(predictor.calls).toHaveLength(1);
     expect(records).toHaveLength(1);
     expect(records[0].point_coords).toEqual([[DISC.cx, DISC.cy]]);
   });

@@ -5,77 +5,14 @@
  */
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PALETTE } from '../fixtures/synthetic.js';
 import { SamAutomaticMaskGenerator, type AmgOptions, type PromptCounts } from '../src/amg/generator.js';
 import { sparseGridIndices, sparseGridLines } from '../src/amg/grid.js';
-import type { AmgPredictor } from '../src/amg/predictor.js';
 import { decodeRle } from '../src/core/rle.js';
-import { getPreprocessShape } from '../src/core/transforms.js';
-import type { BoxXyxy, CocoRle, MaskRecord, Size } from '../src/core/types.js';
+import type { CocoRle, MaskRecord, Size } from '../src/core/types.js';
 import { fixtureModel, maskIou, runSam, tempDir, type CliResult } from './helpers/cli.js';
-import { loadScene } from './helpers/scenes.js';
-
-interface Disc {
-  cx: number;
-  cy: number;
-  r: number;
-}
-
-const LOW = 256;
-/** Logits slope: 10 per pixel from the disc's edge (in crop pixels). */
-const SLOPE = 10;
-
-/**
- * A point inside a disc gets that disc's logits (SLOPE * (r - distance), three equal masks, IoU
- * 0.95), any other point an empty mask (IoU 0.5). Records every prompt it is asked, per call.
- */
-class DiscPredictor implements AmgPredictor {
-  private crop: BoxXyxy = [0, 0, 0, 0];
-  private inputSize: Size = [0, 0];
-  /** Prompts of each predictPoints call, as [x, y] in image pixels. */
-  readonly calls: [number, number][][] = [];
-
-  constructor(private readonly discs: readonly Disc[]) {}
-
-  async setCrop(cropBox: BoxXyxy): Promise<{ cropSize: Size; inputSize: Size }> {
-    this.crop = cropBox;
-    const cropSize: Size = [cropBox[3] - cropBox[1], cropBox[2] - cropBox[0]];
-    this.inputSize = getPreprocessShape(cropSize[0], cropSize[1]);
-    return { cropSize, inputSize: this.inputSize };
-  }
-
-  async predictPoints(points: Float32Array) {
-    const b = points.length / 2;
-    const k = 3;
-    const [x0, y0, x1] = this.crop;
-    const scale = this.inputSize[1] / (x1 - x0);
-    const lowResLogits = new Float32Array(b * k * LOW * LOW).fill(-SLOPE * 20);
-    const iouPredictions = new Float32Array(b * k).fill(0.5);
-    const call: [number, number][] = [];
-    for (let p = 0; p < b; p++) {
-      const px = points[2 * p] + x0;
-      const py = points[2 * p + 1] + y0;
-      call.push([px, py]);
-      const disc = this.discs.find((d) => (px - d.cx) ** 2 + (py - d.cy) ** 2 < d.r * d.r);
-      if (!disc) continue;
-      for (let m = 0; m < k; m++) {
-        const base = (p * k + m) * LOW * LOW;
-        for (let i = 0; i < LOW; i++) {
-          for (let j = 0; j < LOW; j++) {
-            const x = ((j + 0.5) * 4) / scale + x0;
-            const y = ((i + 0.5) * 4) / scale + y0;
-            lowResLogits[base + i * LOW + j] = SLOPE * (disc.r - Math.hypot(x - disc.cx, y - disc.cy));
-          }
-        }
-        iouPredictions[p * k + m] = 0.95;
-      }
-    }
-    this.calls.push(call);
-    return { lowResLogits, iouPredictions, masksPerPoint: k };
-  }
-}
+import { DiscPredictor, type Disc } from './helpers/disc-predictor.js';
+import { loadScene, writeSmallThingsScene } from './helpers/scenes.js';
 
 const SIZE: Size = [256, 256];
 /** 8 points per side on 256 px: grid point (row r, column c) at x = 16 + 32 c, y = 16 + 32 r. */
@@ -310,33 +247,13 @@ describe('sam auto --prompt-strategy hierarchical on flat-coloured shapes', () =
 describe('sam auto --prompt-strategy hierarchical with crop layers', () => {
   // The scene of test/auto.test.ts's crop-layer test: a large disc and four 14 px squares that
   // only the layer-1 crops find.
-  const W = 512;
-  const squares: [string, readonly number[], number, number][] = [
-    ['red', PALETTE.red, 64, 107],
-    ['green', PALETTE.green, 448, 64],
-    ['magenta', PALETTE.magenta, 405, 448],
-    ['cyan', PALETTE.cyan, 150, 362],
-  ];
-  const shapes = new Map<string, Uint8Array>();
+  let shapes: Map<string, Uint8Array>;
   let image: string;
 
   beforeAll(async () => {
-    const px = new Uint8Array(W * W * 3).fill(255);
-    const paint = (name: string, colour: readonly number[], inside: (x: number, y: number) => boolean) => {
-      const mask = new Uint8Array(W * W);
-      for (let y = 0; y < W; y++) {
-        for (let x = 0; x < W; x++) {
-          if (!inside(x + 0.5, y + 0.5)) continue;
-          mask[y * W + x] = 1;
-          px.set(colour, (y * W + x) * 3);
-        }
-      }
-      shapes.set(name, mask);
-    };
-    paint('disc', PALETTE.blue, (x, y) => (x - 256) ** 2 + (y - 256) ** 2 <= 60 * 60);
-    for (const [name, colour, cx, cy] of squares) paint(name, colour, (x, y) => Math.abs(x - cx) < 7 && Math.abs(y - cy) < 7);
-    image = path.join(freshDir('crops'), 'small-things.png');
-    await sharp(px, { raw: { width: W, height: W, channels: 3 } }).png().toFile(image);
+    const scene = await writeSmallThingsScene(freshDir('crops'));
+    image = scene.image;
+    shapes = new Map(scene.shapes.map((s) => [s.name, s.mask]));
   });
 
   it('--crop-n-layers 1 finds every shape with fewer prompts than the grid', async () => {

@@ -7,11 +7,12 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameS
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeScene, PALETTE, type Scene } from '../fixtures/synthetic.js';
+import { makeScene, type Scene } from '../fixtures/synthetic.js';
 import { decodeRle, rleToString } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord, UncompressedRle } from '../src/core/types.js';
 import { METADATA_HEADER } from '../src/output/records.js';
 import { fixtureImage, fixtureModel, maskIou, runSam, SAM_BIN, tempDir, type CliResult } from './helpers/cli.js';
+import { writeSmallThingsScene, type PaintedShape } from './helpers/scenes.js';
 
 const MODEL = fixtureModel('oracle');
 /** Enough for the fixture shapes (tens of pixels and up) and keeps each image near one second. */
@@ -257,36 +258,12 @@ describe('sam auto on flat-coloured shapes', () => {
 });
 
 describe('sam auto crop layers', () => {
-  // 512x512: a large disc and four 14 px squares, placed on points of the 8x8 grid of the
-  // layer-1 crops (343 px, origins 0 and 169) and between the points of the crop-0 grid
-  // (32 + 64 i), away from the inner crop edges.
-  const W = 512;
-  const squares: [string, readonly number[], number, number][] = [
-    ['red', PALETTE.red, 64, 107],
-    ['green', PALETTE.green, 448, 64],
-    ['magenta', PALETTE.magenta, 405, 448],
-    ['cyan', PALETTE.cyan, 150, 362],
-  ];
-  const shapes: { name: string; mask: Uint8Array; small: boolean }[] = [];
+  // The disc and four 14 px squares of writeSmallThingsScene (test/helpers/scenes.ts).
+  let shapes: PaintedShape[];
   let image: string;
 
   beforeAll(async () => {
-    const px = new Uint8Array(W * W * 3).fill(255);
-    const paint = (name: string, colour: readonly number[], small: boolean, inside: (x: number, y: number) => boolean) => {
-      const mask = new Uint8Array(W * W);
-      for (let y = 0; y < W; y++) {
-        for (let x = 0; x < W; x++) {
-          if (!inside(x + 0.5, y + 0.5)) continue;
-          mask[y * W + x] = 1;
-          px.set(colour, (y * W + x) * 3);
-        }
-      }
-      shapes.push({ name, mask, small });
-    };
-    paint('disc', PALETTE.blue, false, (x, y) => (x - 256) ** 2 + (y - 256) ** 2 <= 60 * 60);
-    for (const [name, colour, cx, cy] of squares) paint(name, colour, true, (x, y) => Math.abs(x - cx) < 7 && Math.abs(y - cy) < 7);
-    image = path.join(freshDir('crops'), 'small-things.png');
-    await sharp(px, { raw: { width: W, height: W, channels: 3 } }).png().toFile(image);
+    ({ image, shapes } = await writeSmallThingsScene(freshDir('crops')));
   });
 
   it('--crop-n-layers 1 finds small shapes the whole-image crop misses, without duplicates', async () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../src/commands/exit.js';
-import { SamModel } from '../src/engine/model.js';
+import { SamModel, type DecoderSession } from '../src/engine/model.js';
 import { runSam, tempDir, type CliResult } from './helpers/cli.js';
 import { TOL, goldenPath, sharedDir } from './helpers/golden.js';
 
@@ -341,38 +341,45 @@ describe('sam models convert and verify', () => {
     expect(again.stderr).toMatch(/already exists and is not empty; pass --force/);
   });
 
+  // Three point prompts (point + padding point) on a fixed pseudo-random embedding.
+  const PROMPTS = [
+    [100, 200, 0, 0],
+    [512, 300, 0, 0],
+    [900, 800, 0, 0],
+  ];
+  const LABELS = [1, -1];
+  const LOW = 256 * 256;
+  const testEmbeddings = (): ort.Tensor => {
+    const emb = new Float32Array(256 * 64 * 64);
+    for (let i = 0; i < emb.length; i++) emb[i] = Math.sin(i * 0.37) * 0.5;
+    return new ort.Tensor('float32', emb, [1, 256, 64, 64]);
+  };
+  /** The single-prompt decoder's answer to PROMPTS[i]. */
+  const singleAnswer = async (single: DecoderSession, embeddings: ort.Tensor, i: number) =>
+    single.run({ embeddings, pointCoords: Float32Array.from(PROMPTS[i]), pointLabels: Float32Array.from(LABELS), batch: 1, numPoints: 2, origSize: [64, 64] }, ['low_res_masks']);
+  const maxAbsDiff = (a: Float32Array, b: Float32Array): number => {
+    let max = 0;
+    for (let k = 0; k < a.length; k++) max = Math.max(max, Math.abs(a[k] - b[k]));
+    return max;
+  };
+
   it('the batched decoder gives each prompt what the single-prompt decoder gives', async () => {
     const model = await SamModel.open(out, { threads: 2 });
     const single = await model.decoder();
     const batched = await model.batchedDecoder();
     expect(single.batched).toBe(false);
     expect(batched?.batched).toBe(true);
-    const emb = new Float32Array(256 * 64 * 64);
-    for (let i = 0; i < emb.length; i++) emb[i] = Math.sin(i * 0.37) * 0.5;
-    const embeddings = new ort.Tensor('float32', emb, [1, 256, 64, 64]);
-    const prompts = [
-      [100, 200, 0, 0],
-      [512, 300, 0, 0],
-      [900, 800, 0, 0],
-    ];
-    const labels = [1, -1];
-    const b = prompts.length;
+    const embeddings = testEmbeddings();
+    const b = PROMPTS.length;
     const res = await batched!.run(
-      { embeddings, pointCoords: Float32Array.from(prompts.flat()), pointLabels: Float32Array.from(prompts.flatMap(() => labels)), batch: b, numPoints: 2, origSize: [1, 1] },
+      { embeddings, pointCoords: Float32Array.from(PROMPTS.flat()), pointLabels: Float32Array.from(PROMPTS.flatMap(() => LABELS)), batch: b, numPoints: 2, origSize: [1, 1] },
       ['low_res_masks'],
     );
     const m = res.numMasks;
-    const low = 256 * 256;
     for (let i = 0; i < b; i++) {
-      const one = await single.run(
-        { embeddings, pointCoords: Float32Array.from(prompts[i]), pointLabels: Float32Array.from(labels), batch: 1, numPoints: 2, origSize: [64, 64] },
-        ['low_res_masks'],
-      );
+      const one = await singleAnswer(single, embeddings, i);
       expect(one.numMasks).toBe(m);
-      let maxErr = 0;
-      const row = res.lowResMasks!.subarray(i * m * low, (i + 1) * m * low);
-      for (let k = 0; k < row.length; k++) maxErr = Math.max(maxErr, Math.abs(row[k] - one.lowResMasks![k]));
-      expect(maxErr).toBeLessThan(TOL.decoderLogits.max);
+      expect(maxAbsDiff(res.lowResMasks!.subarray(i * m * LOW, (i + 1) * m * LOW), one.lowResMasks!)).toBeLessThan(TOL.decoderLogits.max);
       for (let k = 0; k < m; k++) expect(Math.abs(res.iouPredictions[i * m + k] - one.iouPredictions[k])).toBeLessThan(TOL.decoderIou.max);
     }
   });
@@ -383,35 +390,20 @@ describe('sam models convert and verify', () => {
     const split = await model.splitDecoder();
     expect(split).toBeDefined();
     expect(await model.amgDecoder('auto')).toBe(split);
-    const emb = new Float32Array(256 * 64 * 64);
-    for (let i = 0; i < emb.length; i++) emb[i] = Math.sin(i * 0.37) * 0.5;
-    const embeddings = new ort.Tensor('float32', emb, [1, 256, 64, 64]);
-    const prompts = [
-      [100, 200, 0, 0],
-      [512, 300, 0, 0],
-      [900, 800, 0, 0],
-    ];
-    const labels = [1, -1];
+    const embeddings = testEmbeddings();
     const image = await split!.imageSide(embeddings);
-    const stage1 = await split!.promptSide(image, Float32Array.from(prompts.flat()), Float32Array.from(prompts.flatMap(() => labels)), prompts.length, 2);
+    const stage1 = await split!.promptSide(image, Float32Array.from(PROMPTS.flat()), Float32Array.from(PROMPTS.flatMap(() => LABELS)), PROMPTS.length, 2);
     const m = stage1.numMasks;
     expect(m).toBe(4);
     // Stage 2 for prompts 2 and 0 only, in that order.
     const rows = Int32Array.from([2, 0]);
     const lowRes = await split!.maskSide(stage1, rows);
-    const low = 256 * 256;
-    for (let i = 0; i < prompts.length; i++) {
-      const one = await single.run(
-        { embeddings, pointCoords: Float32Array.from(prompts[i]), pointLabels: Float32Array.from(labels), batch: 1, numPoints: 2, origSize: [64, 64] },
-        ['low_res_masks'],
-      );
+    for (let i = 0; i < PROMPTS.length; i++) {
+      const one = await singleAnswer(single, embeddings, i);
       for (let k = 0; k < m; k++) expect(Math.abs(stage1.iouPredictions[i * m + k] - one.iouPredictions[k])).toBeLessThan(TOL.decoderIou.max);
       const j = rows.indexOf(i);
       if (j < 0) continue;
-      const row = lowRes.subarray(j * m * low, (j + 1) * m * low);
-      let maxErr = 0;
-      for (let k = 0; k < row.length; k++) maxErr = Math.max(maxErr, Math.abs(row[k] - one.lowResMasks![k]));
-      expect(maxErr).toBeLessThan(TOL.decoderLogits.max);
+      expect(maxAbsDiff(lowRes.subarray(j * m * LOW, (j + 1) * m * LOW), one.lowResMasks!)).toBeLessThan(TOL.decoderLogits.max);
     }
   });
 

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import sharp from 'sharp';
 import type { SceneFile } from '../../fixtures/generate.js';
+import { PALETTE } from '../../fixtures/synthetic.js';
 import { fixtureImage } from './cli.js';
 
 export interface LoadedScene extends SceneFile {
@@ -25,4 +27,43 @@ export async function readBinaryPng(path: string): Promise<Uint8Array & { width?
   out.width = info.width;
   out.height = info.height;
   return out;
+}
+
+/** A true shape of a scene written by a test. */
+export interface PaintedShape {
+  name: string;
+  mask: Uint8Array;
+}
+
+/**
+ * `small-things.png` in `dir`, 512x512 on white: a large blue disc and four 14 px squares, placed
+ * on points of the 8x8 grid of the layer-1 crops (343 px, origins 0 and 169) and between the
+ * points of the crop-0 grid (32 + 64 i), away from the inner crop edges. Shapes in that order.
+ */
+export async function writeSmallThingsScene(dir: string): Promise<{ image: string; shapes: PaintedShape[] }> {
+  const W = 512;
+  const squares: [string, readonly number[], number, number][] = [
+    ['red', PALETTE.red, 64, 107],
+    ['green', PALETTE.green, 448, 64],
+    ['magenta', PALETTE.magenta, 405, 448],
+    ['cyan', PALETTE.cyan, 150, 362],
+  ];
+  const shapes: PaintedShape[] = [];
+  const px = new Uint8Array(W * W * 3).fill(255);
+  const paint = (name: string, colour: readonly number[], inside: (x: number, y: number) => boolean) => {
+    const mask = new Uint8Array(W * W);
+    for (let y = 0; y < W; y++) {
+      for (let x = 0; x < W; x++) {
+        if (!inside(x + 0.5, y + 0.5)) continue;
+        mask[y * W + x] = 1;
+        px.set(colour, (y * W + x) * 3);
+      }
+    }
+    shapes.push({ name, mask });
+  };
+  paint('disc', PALETTE.blue, (x, y) => (x - 256) ** 2 + (y - 256) ** 2 <= 60 * 60);
+  for (const [name, colour, cx, cy] of squares) paint(name, colour, (x, y) => Math.abs(x - cx) < 7 && Math.abs(y - cy) < 7);
+  const image = path.join(dir, 'small-things.png');
+  await sharp(px, { raw: { width: W, height: W, channels: 3 } }).png().toFile(image);
+  return { image, shapes };
 }
