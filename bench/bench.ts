@@ -18,7 +18,7 @@
  * Random-weight masks are noise (~1e5 runs each): the worst case for post-processing, not a
  * typical one; the oracle rows are the typical one. --quick: 16x16 instead of 32x32 on the photo.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism, cpus } from 'node:os';
 import path from 'node:path';
@@ -68,8 +68,9 @@ async function photo2250(): Promise<string> {
 async function fixtures(): Promise<{ models: string; images: string[] }> {
   if (!existsSync(path.join(FIXTURES, 'models', 'oracle', 'decoder_prompt.onnx'))) await generateFixtures(FIXTURES);
   const dir = path.join(FIXTURES, 'images');
-  const demo = ['basic-320x240', 'gray-200x200', 'many-small-512', 'rgb16-320x240', 'rgba-320x240', 'small-96x64', 'speck-hole-256', 'tall-200x500', 'wide-640x360'];
-  return { models: path.join(FIXTURES, 'models'), images: demo.map((n) => path.join(dir, `${n}.png`)).filter(existsSync) };
+  // The demo's images: its glob '*[0-9].png'.
+  const images = readdirSync(dir).filter((f) => /[0-9]\.png$/.test(f)).sort().map((f) => path.join(dir, f));
+  return { models: path.join(FIXTURES, 'models'), images };
 }
 
 const tensor = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);

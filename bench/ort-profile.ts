@@ -4,11 +4,12 @@
  * (each MatMul/Gemm/Conv/ConvTranspose node's input and output shapes, fused variants included),
  * so they are the graph's as ORT runs it, not an estimate.
  */
-import { readFile, rm } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
+import { readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../src/convert/onnx-builder.js';
+import { ortSessionOptions } from '../src/engine/model.js';
 
 export interface CallProfile {
   /** Median wall ms of one call (unprofiled runs). */
@@ -19,17 +20,9 @@ export interface CallProfile {
   byOp: [string, number][];
 }
 
+/** The engine's session options (src/engine/model.ts), with or without ORT's profiler. */
 function sessionOptions(profile: boolean): ort.InferenceSession.SessionOptions {
-  return {
-    intraOpNumThreads: availableParallelism(),
-    interOpNumThreads: 1,
-    executionMode: 'sequential',
-    graphOptimizationLevel: 'all',
-    logSeverityLevel: 3,
-    enableProfiling: profile,
-    profileFilePrefix: path.join(tmpdir(), `sam-bench-profile-${process.pid}`),
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
-  };
+  return { ...ortSessionOptions(), enableProfiling: profile, profileFilePrefix: path.join(tmpdir(), `sam-bench-profile-${process.pid}`) };
 }
 
 const median = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -84,7 +77,6 @@ export async function profileCall(file: string, feeds: Record<string, ort.Tensor
   await profiled.endProfiling();
   await profiled.release();
   const dir = tmpdir();
-  const { readdir } = await import('node:fs/promises');
   const files = (await readdir(dir)).filter((f) => f.startsWith(`sam-bench-profile-${process.pid}`)).sort();
   const last = files[files.length - 1];
   if (!last) throw new Error('onnxruntime wrote no profile');

@@ -75,13 +75,17 @@ class PredictionBuilder {
     return Int32Array.from(want);
   }
 
-  /** Logits [want.length, M, 256, 256] of chunk rows `want` (chunk starting at prompt `start`). */
-  addLogits(start: number, want: Int32Array, low: Float32Array, m: number): void {
+  /**
+   * The logits of chunk rows `want` (chunk starting at prompt `start`): prompt want[j] is row
+   * lowRows[j] of `low` [rows, M, 256, 256].
+   */
+  addLogits(start: number, want: Int32Array, low: Float32Array, lowRows: Int32Array, m: number): void {
     const per = this.k * LOW_LEN;
     // Sized for every prompt on first use (K is known only from the first result).
     if (this.logits.length === 0) this.logits = new Float32Array(this.b * per);
     for (let j = 0; j < want.length; j++) {
-      this.logits.set(low.subarray((j * m + this.first) * LOW_LEN, (j + 1) * m * LOW_LEN), this.rows.length * per);
+      const r = lowRows[j];
+      this.logits.set(low.subarray((r * m + this.first) * LOW_LEN, (r + 1) * m * LOW_LEN), this.rows.length * per);
       this.rows.push(start + want[j]);
     }
   }
@@ -158,7 +162,8 @@ export class OnnxAmgPredictor implements AmgPredictor {
       const { coords, labels } = pointPrompts(coords1024, start, rows);
       const stage1 = await decoder.promptSide(image, coords, labels, rows, 2);
       const want = out.addIou(start, stage1.iouPredictions, stage1.numMasks, rows);
-      if (want.length > 0) out.addLogits(start, want, await decoder.maskSide(stage1, want), stage1.numMasks);
+      // Stage 2 answers the wanted prompts only, in order: row j is want[j].
+      if (want.length > 0) out.addLogits(start, want, await decoder.maskSide(stage1, want), Int32Array.from(want.keys()), stage1.numMasks);
     }
   }
 
@@ -173,16 +178,7 @@ export class OnnxAmgPredictor implements AmgPredictor {
       const r = await decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch: rows, numPoints: 2, origSize: [1, 1] }, ['low_res_masks']);
       const want = out.addIou(start, r.iouPredictions, r.numMasks, rows);
       // Whole-decoder rows are all computed anyway: keep only the wanted ones' logits.
-      if (want.length > 0) out.addLogits(start, want, gatherChunkRows(r.lowResMasks!, want, r.numMasks), r.numMasks);
+      if (want.length > 0) out.addLogits(start, want, r.lowResMasks!, want, r.numMasks);
     }
   }
-}
-
-/** Rows `want` of low-res logits [rows, M, 256, 256]. */
-function gatherChunkRows(low: Float32Array, want: Int32Array, m: number): Float32Array {
-  const per = m * LOW_LEN;
-  if (want.length * per === low.length) return low;
-  const out = new Float32Array(want.length * per);
-  for (let j = 0; j < want.length; j++) out.set(low.subarray(want[j] * per, (want[j] + 1) * per), j * per);
-  return out;
 }

@@ -108,24 +108,28 @@ function checkContract(
  * so giving that memory back costs little and keeps `sam auto`'s resident set bounded.
  */
 async function createSession(file: string, options: SessionOptions, memArena = true): Promise<ort.InferenceSession> {
-  const threads = options.threads ?? availableParallelism();
   try {
-    return await ort.InferenceSession.create(file, {
-      enableCpuMemArena: memArena,
-      intraOpNumThreads: threads,
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-      graphOptimizationLevel: 'all',
-      logSeverityLevel: 3,
-      // Idle intra-op threads sleep instead of spinning: with `sam auto`'s engine worker they
-      // share the cores with post-processing (measured: 25% less CPU, 11% less wall on the
-      // fixture scenes; vit_t alone: 12% less CPU, wall unchanged).
-      extra: { session: { intra_op: { allow_spinning: '0' } } },
-    });
+    return await ort.InferenceSession.create(file, ortSessionOptions(options, memArena));
   } catch (err) {
     const reason = String((err as Error).message ?? err).split('\n')[0];
     throw modelError(`${file}: onnxruntime cannot load it (${reason}); re-export or re-download the model file`, err);
   }
+}
+
+/** The onnxruntime options of every model session (the bench profiles with the same ones). */
+export function ortSessionOptions(options: SessionOptions = {}, memArena = true): ort.InferenceSession.SessionOptions {
+  return {
+    enableCpuMemArena: memArena,
+    intraOpNumThreads: options.threads ?? availableParallelism(),
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    logSeverityLevel: 3,
+    // Idle intra-op threads sleep instead of spinning: with `sam auto`'s engine worker they
+    // share the cores with post-processing (measured: 25% less CPU, 11% less wall on the
+    // fixture scenes; vit_t alone: 12% less CPU, wall unchanged).
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
+  };
 }
 
 /** The image encoder: image [1,3,1024,1024] → image_embeddings [1,256,64,64]. */
