@@ -1,7 +1,7 @@
 /**
  * onnxruntime figures for the bench: the machine's MatMul peak, and one decoder call's time,
  * multiply-adds and per-operator-type profile. Multiply-adds are counted from ORT's own profile
- * (each MatMul/Gemm/Conv/ConvTranspose node's input and output shapes, fused variants included),
+ * (each MatMul/Gemm/Conv/ConvTranspose/MultiHeadAttention node's input and output shapes, fused variants included),
  * so they are the graph's as ORT runs it, not an estimate.
  */
 import { readFile, readdir, rm } from 'node:fs/promises';
@@ -40,7 +40,7 @@ const shapeOf = (s: Record<string, number[]> | undefined): number[] => (s ? (Obj
 /** Multiply-adds of one profiled node (0 for operators without a contraction). */
 function nodeMacs(op: string, inputs: number[][], outputs: number[][]): number {
   const out = outputs[0] ?? [];
-  if (op === 'MatMul' || op === 'FusedMatMul' || op === 'MatMulInteger') {
+  if (op === 'MatMul' || op === 'FusedMatMul' || op === 'MatMulInteger' || op === 'DynamicQuantizeMatMul' || op === 'MatMulIntegerToFloat') {
     const a = inputs[0] ?? [];
     return prod(out) * (a[a.length - 1] ?? 0);
   }
@@ -52,12 +52,29 @@ function nodeMacs(op: string, inputs: number[][], outputs: number[][]): number {
     const w = inputs[1] ?? [];
     return prod(out) * prod(w.slice(1));
   }
+  if (op === 'MultiHeadAttention') {
+    // query [B, S, Dqk], key [B, L, Dqk] or [B, N, L, H], output [B, S, Dv]: q·kᵀ and p·v.
+    const q = inputs[0] ?? [];
+    const k = inputs[1] ?? [];
+    const L = k.length === 4 ? k[2] : (k[1] ?? 0);
+    return (q[0] ?? 0) * (q[1] ?? 0) * L * ((q[2] ?? 0) + (out[2] ?? 0));
+  }
   if (op === 'ConvTranspose') {
     const x = inputs[0] ?? [];
     const w = inputs[1] ?? [];
     return prod(x) * prod(w.slice(1));
   }
   return 0;
+}
+
+/** One profiled call (no warm-up, for models too slow to call more often): its kernel time and multiply-adds. */
+export async function profileOnce(file: string, feeds: Record<string, ort.Tensor>): Promise<CallProfile> {
+  const profiled = await ort.InferenceSession.create(file, sessionOptions(true));
+  const t0 = performance.now();
+  await profiled.run(feeds);
+  const ms = performance.now() - t0;
+  const { macs, byOp } = await readProfile(profiled);
+  return { ms, macs, byOp };
 }
 
 /** Time `runs` calls of `session` on `feeds`, then profile one and count its multiply-adds. */
@@ -73,6 +90,12 @@ export async function profileCall(file: string, feeds: Record<string, ort.Tensor
   await session.release();
   const profiled = await ort.InferenceSession.create(file, sessionOptions(true));
   await profiled.run(feeds);
+  const { macs, byOp } = await readProfile(profiled);
+  return { ms: median(times), macs, byOp };
+}
+
+/** Ends a profiled session (one call) and reads its profile: multiply-adds and time by operator type. */
+async function readProfile(profiled: ort.InferenceSession): Promise<{ macs: number; byOp: [string, number][] }> {
   // onnxruntime-node writes the profile at endProfiling and does not return its name: find it.
   await profiled.endProfiling();
   await profiled.release();
@@ -85,7 +108,7 @@ export async function profileCall(file: string, feeds: Record<string, ort.Tensor
   const kernel = new Map<string, number>();
   let total = 0;
   let macs = 0;
-  // The profile holds the warm-up call of the profiled session only: one call.
+  // The profile holds the one call of the profiled session.
   for (const e of events) {
     if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !e.args?.op_name) continue;
     const op = e.args.op_name;
@@ -94,7 +117,7 @@ export async function profileCall(file: string, feeds: Record<string, ort.Tensor
     macs += nodeMacs(op, (e.args.input_type_shape ?? []).map(shapeOf), (e.args.output_type_shape ?? []).map(shapeOf));
   }
   const byOp = [...kernel.entries()].map(([op, us]): [string, number] => [op, us / total]).sort((a, b) => b[1] - a[1]);
-  return { ms: median(times), macs, byOp };
+  return { macs, byOp };
 }
 
 /** GFLOP/s (2 flops per multiply-add) of one ORT MatMul [m,k]x[k,n] on all cores. */

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +6,9 @@ import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord } from '../src/core/types.js';
 import { maskIou, runSam, tempDir } from './helpers/cli.js';
 import { TOL, absErrors, convertGoldenPath, readGoldenNpy, sharedDir } from './helpers/golden.js';
+import { EXIT } from '../src/commands/exit.js';
+import { parseModel } from '../src/convert/onnx-builder.js';
+import { readEmbeddingFile } from '../src/io/embedding-file.js';
 
 /**
  * A model converted from the golden MobileSAM checkpoint (random weights) through the CLI, then
@@ -104,5 +107,86 @@ describe('sam auto on a converted vit_t model', () => {
     const d = absErrors(out.low_res_masks.data as Float32Array, readGoldenNpy('vit_t-random.dog.point.low_res_masks.npy').data);
     expect(d.max).toBeLessThanOrEqual(TOL.decoderLogits.max);
     expect(d.mean).toBeLessThanOrEqual(TOL.decoderLogits.mean);
+  });
+});
+
+describe('an int8-quantized vit_t (sam models convert --quantize int8)', () => {
+  const int8Dir = join(tmp.dir, 'vit_t-int8');
+  const photo = join(sharedDir(), 'images', 'dog.jpg');
+
+  beforeAll(async () => {
+    const r = await runSam(['models', 'convert', convertGoldenPath('vit_t-random.pth'), '--quantize', 'int8', '--out', int8Dir]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/id vit_t-[0-9a-f]{12}-int8\b.*; \d+ encoder Linears int8 \(/);
+  });
+
+  it('has its own model id, int8 weights in its encoder, and verify says it is quantized', async () => {
+    const manifest = (d: string) => JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8')) as { id: string; quantization?: string };
+    expect(manifest(int8Dir).quantization).toBe('int8');
+    expect(manifest(int8Dir).id).toBe(`${manifest(modelDir).id}-int8`);
+    expect(manifest(modelDir).quantization).toBeUndefined();
+
+    const graph = parseModel(readFileSync(join(int8Dir, 'encoder.onnx'))).graph;
+    const ops = (graph?.node ?? []).map((n) => n.opType);
+    expect(ops.filter((o) => o === 'DynamicQuantizeMatMul').length).toBeGreaterThan(20);
+    expect(ops).not.toContain('Gemm');
+    // The MatMuls left are attention's and the relative positions' (activation × activation).
+    const weights = new Set((graph?.initializer ?? []).map((t) => t.name));
+    expect((graph?.node ?? []).filter((n) => n.opType === 'MatMul' && weights.has(n.input?.[1] ?? ''))).toEqual([]);
+    // About a quarter of the float encoder's weight bytes (convolutions stay float).
+    expect(statSync(join(int8Dir, 'encoder.onnx.data')).size).toBeLessThan(0.5 * statSync(join(modelDir, 'encoder.onnx.data')).size);
+
+    const v = await runSam(['models', 'verify', int8Dir]);
+    expect(v.code).toBe(0);
+    expect(v.stdout).toMatch(/ok\s+manifest\.json: .*, weights int8 \(quantized encoder\)/);
+    expect(v.stdout).toMatch(/ok\s+split decoder: /);
+    expect((await runSam(['models', 'verify', modelDir])).stdout).toMatch(/ok\s+manifest\.json: .*, weights float32/);
+  });
+
+  it('embeds close to the float model, and segment and auto run on it', async () => {
+    const emb = (d: string) => join(tmp.dir, `emb-${d}`);
+    for (const [dir, name] of [[modelDir, 'float'], [int8Dir, 'int8']]) {
+      expect((await runSam(['embed', photo, '-m', dir, '-o', emb(name), '-q'])).code).toBe(0);
+    }
+    const [f, q] = await Promise.all(['float', 'int8'].map((n) => readEmbeddingFile(join(emb(n), 'dog.safetensors'))));
+    let dot = 0;
+    let nf = 0;
+    let nq = 0;
+    for (let i = 0; i < f.embeddings.length; i++) {
+      dot += f.embeddings[i] * q.embeddings[i];
+      nf += f.embeddings[i] ** 2;
+      nq += q.embeddings[i] ** 2;
+    }
+    const cosine = dot / Math.sqrt(nf * nq);
+    console.log(`vit_t int8 vs float embedding of dog.jpg: cosine ${cosine.toFixed(5)}`);
+    expect(cosine).toBeGreaterThan(0.99);
+    expect(cosine).toBeLessThan(1); // it is quantized: not the float numbers
+
+    const seg = join(tmp.dir, 'seg-int8.json');
+    const s = await runSam(['segment', photo, '-m', int8Dir, '--points', '400,250', '--out', seg]);
+    expect(s.code).toBe(0);
+    expect((JSON.parse(readFileSync(seg, 'utf8')) as { masks: unknown[] }).masks).toHaveLength(3);
+    const out = join(tmp.dir, 'auto-int8');
+    const a = await runSam(['auto', photo, '-m', int8Dir, '-o', out, '--points-per-side', '4', '--pred-iou-thresh', '0', '--stability-score-thresh', '0', '--box-nms-thresh', '1', '-q']);
+    expect(a.code).toBe(0);
+    expect(read(join(out, 'dog.json'))).toHaveLength(4 * 4 * 3);
+
+    // An int8 embedding given to the float model (and the other way round): one line naming the fix.
+    for (const [model, file, made] of [
+      [modelDir, join(emb('int8'), 'dog.safetensors'), 'the int8-quantized'],
+      [int8Dir, join(emb('float'), 'dog.safetensors'), 'the float'],
+    ]) {
+      const r = await runSam(['segment', photo, '-m', model, '--embedding', file, '--points', '400,250', '--out', join(tmp.dir, 'x.json')]);
+      expect(r.code).toBe(EXIT.input);
+      const lines = r.stderr.trim().split('\n');
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(new RegExp(`^sam: error: .*dog\\.safetensors: embedding was made by ${made} model 'vit_t-[0-9a-f]{12}(-int8)?' and this --model is its .* conversion .*; pass the --model it was made with, or rerun 'sam embed' with this one$`));
+    }
+  });
+
+  it('refuses an unknown --quantize value in one line that lists the choices', async () => {
+    const r = await runSam(['models', 'convert', convertGoldenPath('vit_t-random.pth'), '--quantize', 'int4', '--out', join(tmp.dir, 'int4')]);
+    expect(r.code).toBe(EXIT.usage);
+    expect(r.stderr.trim()).toBe("sam: error: option '--quantize <kind>' argument 'int4' is invalid. Allowed choices are int8. (run with --help for usage)");
   });
 });

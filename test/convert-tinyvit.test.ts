@@ -71,6 +71,21 @@ describe('TinyViT encoder (vit_t)', () => {
     expect(stale.max).toBeGreaterThan(1e-3);
   });
 
+  it('runs window attention in MultiHeadAttention; the reference graph (MatMul/Softmax) gives the same embedding', async () => {
+    const ops = (buildTinyVitEncoder(sd).toModel().graph?.node ?? []).map((n) => n.opType);
+    expect(ops.filter((o) => o === 'MultiHeadAttention')).toHaveLength(10); // 2 + 6 + 2 TinyViT blocks
+    expect(ops).not.toContain('Softmax');
+    const reference = buildTinyVitEncoder(sd, 'image_encoder.', { attention: 'reference' });
+    expect(reference.toModel().graph?.node?.filter((n) => n.opType === 'Softmax')).toHaveLength(10);
+    const session = await ort.InferenceSession.create(reference.serialize());
+    const input = readGoldenNpy('dog.preprocessed_input.npy');
+    const out = await session.run({ image: new ort.Tensor('float32', input.data, input.shape) });
+    await session.release();
+    const e = absErrors(out.image_embeddings.data as Float32Array, readGoldenNpy('vit_t-random.dog.image_embeddings.refreshed.npy').data);
+    expect(e.max).toBeLessThanOrEqual(TOL.encoder.max);
+    expect(e.mean).toBeLessThanOrEqual(TOL.encoder.mean);
+  });
+
   it('gathers attention_biases by the reference index table by default', () => {
     // Attention.__init__: offsets (|Δrow|, |Δcol|) numbered by first appearance, so the first
     // row of the table enumerates every offset once and the table is symmetric.
@@ -85,7 +100,7 @@ describe('TinyViT encoder (vit_t)', () => {
     const model = buildTinyVitEncoder(sd).toModel();
     const key = 'image_encoder.layers.2.blocks.3.attn';
     const ab = model.graph?.initializer?.find((t) => t.name === `${key}.ab`);
-    expect(ab?.dims?.map(Number)).toEqual([5, 196, 196]);
+    expect(ab?.dims?.map(Number)).toEqual([1, 5, 196, 196]);
     const raw = ab?.rawData as Uint8Array;
     const values = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
     const biases = sd.get(`${key}.attention_biases`)?.data as Float32Array;

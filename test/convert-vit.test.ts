@@ -113,6 +113,23 @@ describe('ViT image encoder (small random ViT, official PyTorch output)', () => 
     expect(mean).toBeLessThanOrEqual(TOL.encoder.mean);
   });
 
+  it('runs attention in MultiHeadAttention without [heads, L, L] scores; the reference graph gives the same embedding', async () => {
+    const fused = buildVitEncoder(sd, cfg).toModel();
+    const ops = (fused.graph?.node ?? []).map((n) => `${n.domain ? `${n.domain}.` : ''}${n.opType}`);
+    // Block 0 windowed: one call over its 25 windows; block 1 global: 64 rows / 2 per call.
+    expect(ops.filter((o) => o === 'com.microsoft.MultiHeadAttention')).toHaveLength(1 + 64 / 2);
+    expect(ops).not.toContain('Softmax');
+    expect(fused.opsetImport).toContainEqual({ domain: 'com.microsoft', version: 1 });
+
+    const input = readGoldenNpy('dog.preprocessed_input.npy');
+    const expected = readGoldenNpy('vit-small-random.dog.image_embeddings.npy');
+    const reference = await session(buildVitEncoder(sd, cfg, 'image_encoder.', { attention: 'reference' }).serialize());
+    const y = (await reference.run({ image: new ort.Tensor('float32', input.data, input.shape) })).image_embeddings;
+    const { max, mean } = absErrors(y.data as Float32Array, expected.data);
+    expect(max).toBeLessThanOrEqual(TOL.encoder.max);
+    expect(mean).toBeLessThanOrEqual(TOL.encoder.mean);
+  });
+
   it('names initializers after the state-dict keys', () => {
     const names = new Set(buildVitEncoder(sd, cfg).toGraph().initializer?.map((t) => t.name));
     for (const key of [
@@ -123,7 +140,7 @@ describe('ViT image encoder (small random ViT, official PyTorch output)', () => 
       'image_encoder.blocks.1.mlp.lin2.bias',
       'image_encoder.neck.2.weight',
       'image_encoder.blocks.0.attn.rel_pos_h.gathered',
-      'image_encoder.blocks.0.attn.qkv.q.weight',
+      'image_encoder.blocks.0.attn.qkv.weight_k_scaled',
     ]) {
       expect(names.has(key), key).toBe(true);
     }

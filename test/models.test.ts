@@ -294,7 +294,16 @@ describe('sam models list', () => {
   });
 });
 
-const CONVERTED_FILES = ['decoder.onnx', 'decoder_batched.onnx', 'decoder_image.onnx', 'decoder_masks.onnx', 'decoder_prompt.onnx', 'encoder.onnx', 'manifest.json'];
+const CONVERTED_FILES = [
+  'decoder.onnx',
+  'decoder_batched.onnx',
+  'decoder_image.onnx',
+  'decoder_masks.onnx',
+  'decoder_prompt.onnx',
+  'encoder.onnx',
+  'encoder.onnx.data',
+  'manifest.json',
+];
 
 describe('sam models convert and verify', () => {
   const out = join(tmp.dir, 'converted');
@@ -411,8 +420,15 @@ describe('sam models convert and verify', () => {
     const old = join(tmp.dir, 'old-conversion');
     cpSync(out, old, { recursive: true });
     const manifestPath = join(old, 'manifest.json');
-    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as { id: string; splitDecoder?: unknown; files: Record<string, unknown>; source: { sha256: string } };
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as {
+      id: string;
+      splitDecoder?: unknown;
+      files: Record<string, unknown>;
+      source: { sha256: string };
+      converter: { graphVersion?: number };
+    };
     delete manifest.splitDecoder;
+    delete manifest.converter.graphVersion;
     for (const f of ['decoder_image.onnx', 'decoder_prompt.onnx', 'decoder_masks.onnx']) {
       rmSync(join(old, f));
       delete manifest.files[f];
@@ -429,13 +445,14 @@ describe('sam models convert and verify', () => {
 
     const r = await runSam(['models', 'convert', checkpoint, '--out', old]);
     expect(r.code).toBe(EXIT.ok);
-    expect(r.stderr).toMatch(/sam: upgraded \(split decoder added\)/);
+    expect(r.stderr).toMatch(/sam: upgraded \(graphs of an older sam replaced\)/);
     expect(readdirSync(old).sort()).toEqual(CONVERTED_FILES);
     const upgraded = JSON.parse(readFileSync(manifestPath, 'utf8')) as { id: string };
     // Same checkpoint, same id: embedding files made before the upgrade stay valid.
     expect(upgraded.id).toBe(manifest.id);
     expect(sha256Of(join(old, 'encoder.onnx'))).toBe(sha256Of(join(out, 'encoder.onnx')));
     expect((await SamModel.open(old)).manifest?.splitDecoder).toBeDefined();
+    expect((JSON.parse(readFileSync(manifestPath, 'utf8')) as { converter: { graphVersion: number } }).converter.graphVersion).toBe(2);
   });
 
   it('verify fails with the model exit code on a tampered file', async () => {

@@ -3,9 +3,9 @@ import { basename } from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import type { ConvertProgress } from '../convert/convert.js';
-import { SAM_MODEL_TYPES, type SamModelType } from '../convert/configs.js';
+import { QUANTIZATIONS, SAM_MODEL_TYPES, type Quantization, type SamModelType } from '../convert/configs.js';
 import { modelError } from '../util/errors.js';
-import { cacheDir, downloadPath, isConverted, pulledModelDir } from '../hub/cache.js';
+import { cacheDir, downloadPath, isConverted, modelQuantization, pulledModelDir } from '../hub/cache.js';
 import { downloadCheckpoint, partialBytes, type DownloadEvents, type DownloadResult } from '../hub/download.js';
 import { findRegistryEntry, loadRegistry, type RegistryEntry } from '../hub/registry.js';
 import { verifyModel } from '../hub/verify.js';
@@ -93,6 +93,8 @@ type ModelState = 'converted' | 'downloaded' | 'partial' | 'not pulled';
 interface ListedModel extends RegistryEntry {
   state: ModelState;
   modelDir?: string;
+  /** 'int8' when the pulled model was converted with --quantize int8. */
+  quantization?: string;
   checkpoint?: string;
   partialBytes?: number;
 }
@@ -108,6 +110,8 @@ async function listModels(): Promise<{ cache: string; registry: string; models: 
     if (await isConverted(dir)) {
       m.state = 'converted';
       m.modelDir = dir;
+      const q = await modelQuantization(dir);
+      if (q !== undefined) m.quantization = q;
     } else if (dl) {
       m.state = 'downloaded';
     } else if (part !== undefined) {
@@ -127,6 +131,7 @@ interface PullOptions {
   downloadOnly?: boolean;
   keepCheckpoint?: boolean;
   quiet?: boolean;
+  quantize?: Quantization;
 }
 
 interface ConvertOptions {
@@ -135,6 +140,7 @@ interface ConvertOptions {
   force?: boolean;
   quiet?: boolean;
   attentionBiases: 'checkpoint' | 'zeros';
+  quantize?: Quantization;
 }
 
 /** Every failure throws (exit.ts maps it); success is exit 0, so setExit is not needed here. */
@@ -184,7 +190,11 @@ async function modelsList(opts: { json?: boolean }): Promise<void> {
   const rows = [['NAME', 'TYPE', 'SIZE', 'SHA256', 'LICENCE', 'STATE', 'SOURCE']];
   for (const m of res.models) {
     const state =
-      m.state === 'partial' && m.size ? `partial ${Math.floor(((m.partialBytes ?? 0) / m.size) * 100)}%` : m.state;
+      m.state === 'partial' && m.size
+        ? `partial ${Math.floor(((m.partialBytes ?? 0) / m.size) * 100)}%`
+        : m.quantization
+          ? `${m.state} (${m.quantization})`
+          : m.state;
     rows.push([m.name, m.type, fmtBytes(m.size), m.sha256 ? `${m.sha256.slice(0, 12)}…` : 'unpublished', m.licence, state, m.url]);
   }
   process.stdout.write(`${table(rows)}\n`);
@@ -202,6 +212,7 @@ function registerPull(models: Command): void {
     .option('-f, --force', 'download and convert again even if already pulled')
     .option('--download-only', 'download and verify the checkpoint, do not convert it')
     .option('--keep-checkpoint', 'keep the downloaded checkpoint after converting it (default: remove it)')
+    .addOption(quantizeOption())
     .option('-q, --quiet', 'no progress output')
     .addHelpText(
       'after',
@@ -240,7 +251,7 @@ async function modelsPull(name: string, opts: PullOptions): Promise<void> {
   // A folder without manifest.json in the cache is a leftover; it is ours to replace.
   if (!(await isConverted(dir))) await rm(dir, { recursive: true, force: true });
   const { convertCheckpoint } = await loadConverter();
-  const res = await convertCheckpoint(dl.path, entry.type, dir, { force: true, checkpointSha256: dl.sha256, onProgress: convertLogger(quiet) });
+  const res = await convertCheckpoint(dl.path, entry.type, dir, { force: true, checkpointSha256: dl.sha256, onProgress: convertLogger(quiet), quantize: opts.quantize });
   if (!opts.keepCheckpoint) await rm(dl.path, { force: true });
   log(`pulled ${name} (${res.type}, id ${res.manifest.id}) into ${res.outDir}: download ${seconds.toFixed(1)} s, convert ${res.seconds.toFixed(1)} s`);
   process.stdout.write(`${res.outDir}\n`);
@@ -283,6 +294,7 @@ function registerConvert(models: Command): void {
         .choices(['checkpoint', 'zeros'])
         .default('checkpoint'),
     )
+    .addOption(quantizeOption())
     .option('-q, --quiet', 'no progress output')
     .addHelpText(
       'after',
@@ -293,6 +305,7 @@ function registerConvert(models: Command): void {
         'Examples:',
         '  sam models convert sam_vit_b_01ec64.pth --type vit_b --out models/sam_vit_b',
         '  sam models convert mobile_sam.pt --out models/mobile_sam',
+        '  sam models convert sam_vit_b_01ec64.pth --type vit_b --quantize int8 --out models/sam_vit_b_int8',
         '',
       ].join('\n'),
     )
@@ -302,12 +315,28 @@ function registerConvert(models: Command): void {
 async function modelsConvert(checkpoint: string, opts: ConvertOptions): Promise<void> {
   const quiet = opts.quiet ?? false;
   const { convertCheckpoint } = await loadConverter();
-  const res = await convertCheckpoint(checkpoint, opts.type, opts.out, { force: opts.force, onProgress: convertLogger(quiet), attentionBiases: opts.attentionBiases });
+  const res = await convertCheckpoint(checkpoint, opts.type, opts.out, {
+    force: opts.force,
+    onProgress: convertLogger(quiet),
+    attentionBiases: opts.attentionBiases,
+    quantize: opts.quantize,
+  });
   if (!quiet) {
     const files = Object.entries(res.manifest.files).map(([n, f]) => `${n} ${fmtBytes(f.bytes)}`);
-    process.stderr.write(`sam: ${res.upgraded ? 'upgraded (split decoder added)' : 'converted'} ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}\n`);
+    const q = res.quantized;
+    const quantized = q ? `; ${q.linears} encoder Linears int8 (${fmtBytes(q.floatBytes)} of float weights → ${fmtBytes(q.quantizedBytes)})` : '';
+    process.stderr.write(
+      `sam: ${res.upgraded ? 'upgraded (graphs of an older sam replaced)' : 'converted'} ${checkpoint} (${res.type}, id ${res.manifest.id}) in ${res.seconds.toFixed(1)} s: ${files.join(', ')}${quantized}\n`,
+    );
   }
   process.stdout.write(`${res.outDir}\n`);
+}
+
+/** --quantize for convert and pull: commander refuses other values with the allowed list. */
+function quantizeOption(): Option {
+  return new Option('--quantize <kind>', "opt-in 'int8': the encoder's Linears as dynamically quantized int8 (faster, smaller, approximate; own model id)").choices([
+    ...QUANTIZATIONS,
+  ]);
 }
 
 // ---------------------------------------------------------------------------------------------

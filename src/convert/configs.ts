@@ -12,6 +12,10 @@ export type SamModelType = 'vit_b' | 'vit_l' | 'vit_h' | 'vit_t';
 
 export const SAM_MODEL_TYPES: readonly SamModelType[] = ['vit_b', 'vit_l', 'vit_h', 'vit_t'];
 
+/** Values of `sam models convert --quantize` (src/convert/quantize.ts). */
+export const QUANTIZATIONS = ['int8'] as const;
+export type Quantization = (typeof QUANTIZATIONS)[number];
+
 /** ImageEncoderViT constructor arguments (segment_anything/modeling/image_encoder.py). */
 export interface VitConfig {
   embedDim: number;

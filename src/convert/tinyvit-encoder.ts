@@ -65,6 +65,11 @@ export interface TinyVitEncoderOptions {
    * `build_sam_vit_t(checkpoint)` without a later `.eval()` does (see the module comment).
    */
   readonly attentionBiases?: 'checkpoint' | 'zeros';
+  /**
+   * 'fused' (default): window attention as onnxruntime's MultiHeadAttention. 'reference': the
+   * graph before it (MatMul, Add, Softmax, MatMul), kept for the bench's A/B.
+   */
+  readonly attention?: 'fused' | 'reference';
 }
 
 const BN_EPS = 1e-5; // nn.BatchNorm2d default
@@ -115,6 +120,7 @@ class TinyVitBuilder {
     private readonly prefix: string,
     readonly cfg: TinyVitConfig,
     private readonly useAttentionBiases: boolean,
+    private readonly attentionKind: 'fused' | 'reference',
   ) {
     this.g = new GraphBuilder('tinyvit_image_encoder');
   }
@@ -286,27 +292,43 @@ class TinyVitBuilder {
       const bRef = this.g.initializer(`${this.prefix}${key}.qkv.${name}_bias`, b, [dim]);
       return this.g.op('Add', [this.g.op('MatMul', [h, wRef]), bRef]);
     };
-    // (q·kᵀ)·scale == (q·scale)·kᵀ: the scale is folded into the query projection.
-    const q = this.transpose(this.reshape(project(0, 'q', scale), [batch, n, heads, kd]), [0, 2, 1, 3]); // [B,h,N,kd]
-    const k = this.transpose(this.reshape(project(1, 'k', 1), [batch, n, heads, kd]), [0, 2, 3, 1]); // [B,h,kd,N]
-    const v = this.transpose(this.reshape(project(2, 'v', 1), [batch, n, heads, kd]), [0, 2, 1, 3]); // [B,h,N,kd]
+    // (q·kᵀ)·scale == (q·scale)·kᵀ: the scale is folded into the query projection, so
+    // MultiHeadAttention runs with scale 1. Its CPU kernel takes q, k, v as [B,N,heads·kd]
+    // (head-major columns, as projected) and adds attention_bias [1,heads,N,N] to every window's
+    // scores; without biases it is flash attention.
+    const q = project(0, 'q', scale); // [B,N,C]
+    const k = project(1, 'k', 1);
+    const v = project(2, 'v', 1);
 
-    // attention_biases [heads, offsets] gathered by attention_bias_idxs [N,N] → [heads,N,N]; the
-    // shape is checked even when the biases are dropped.
+    // attention_biases [heads, offsets] gathered by attention_bias_idxs [N,N] → [1,heads,N,N];
+    // the shape is checked even when the biases are dropped.
     const { idxs, numOffsets } = attentionBiasIdxs(ws);
     const biases = this.weight(`${key}.attention_biases`, [heads, numOffsets]);
-    let scores = this.g.op('MatMul', [q, k]); // [B,h,N,N]
+    let ab = '';
     if (this.useAttentionBiases) {
-      const ab = new Float32Array(heads * n * n);
+      const data = new Float32Array(heads * n * n);
       for (let head = 0; head < heads; head++) {
-        for (let i = 0; i < n * n; i++) ab[head * n * n + i] = biases[head * numOffsets + idxs[i]];
+        for (let i = 0; i < n * n; i++) data[head * n * n + i] = biases[head * numOffsets + idxs[i]];
       }
-      scores = this.g.op('Add', [scores, this.g.initializer(`${this.prefix}${key}.ab`, ab, [heads, n, n])]);
+      ab = this.g.initializer(`${this.prefix}${key}.ab`, data, [1, heads, n, n]);
     }
-    const probs = this.g.op('Softmax', [scores], { axis: -1 });
-    const o = this.g.op('MatMul', [probs, v]); // [B,h,N,kd]
-    const merged = this.reshape(this.transpose(o, [0, 2, 1, 3]), [batch, n, dim]); // [B,N,C]
+    const merged =
+      this.attentionKind === 'reference'
+        ? this.referenceAttention(q, k, v, ab, batch, n, heads, kd)
+        : // inputs: query, key, value, bias, key_padding_mask, attention_bias
+          this.g.node('MultiHeadAttention', [q, k, v, '', '', ab], { num_heads: heads, scale: attr.float(1) }, { domain: 'com.microsoft' })[0]; // [B,N,C]
     return this.linear(merged, `${key}.proj`, dim, dim);
+  }
+
+  /** The graph before MultiHeadAttention: q, k, v [B,N,C], ab [1,h,N,N] or '' → [B,N,C]. */
+  private referenceAttention(qIn: TensorRef, kIn: TensorRef, vIn: TensorRef, ab: TensorRef, batch: number, n: number, heads: number, kd: number): TensorRef {
+    const q = this.transpose(this.reshape(qIn, [batch, n, heads, kd]), [0, 2, 1, 3]); // [B,h,N,kd]
+    const k = this.transpose(this.reshape(kIn, [batch, n, heads, kd]), [0, 2, 3, 1]); // [B,h,kd,N]
+    const v = this.transpose(this.reshape(vIn, [batch, n, heads, kd]), [0, 2, 1, 3]); // [B,h,N,kd]
+    let scores = this.g.op('MatMul', [q, k]); // [B,h,N,N]
+    if (ab !== '') scores = this.g.op('Add', [scores, ab]);
+    const o = this.g.op('MatMul', [this.g.op('Softmax', [scores], { axis: -1 }), v]); // [B,h,N,kd]
+    return this.reshape(this.transpose(o, [0, 2, 1, 3]), [batch, n, heads * kd]); // [B,N,C]
   }
 
   /** TinyViTBlock on a channels-last [1,res,res,dim] stream. */
@@ -407,5 +429,5 @@ export function buildTinyVitEncoder(
   options: TinyVitEncoderOptions = {},
 ): GraphBuilder {
   const useBiases = (options.attentionBiases ?? 'checkpoint') === 'checkpoint';
-  return new TinyVitBuilder(sd, prefix, options.config ?? VIT_T_CONFIG, useBiases).build();
+  return new TinyVitBuilder(sd, prefix, options.config ?? VIT_T_CONFIG, useBiases, options.attention ?? 'fused').build();
 }

@@ -27,6 +27,26 @@ import type { CheckpointTensor, StateDict } from './checkpoint.js';
 import type { VitConfig } from './configs.js';
 import { attr, GraphBuilder, type TensorRef } from './onnx-builder.js';
 
+export interface VitEncoderOptions {
+  /**
+   * 'fused' (default): attention as onnxruntime's MultiHeadAttention with the relative positions
+   * folded into q·k (see `attention`), no [heads, L, L] tensor in the graph. 'reference': the
+   * graph before it (plain MatMul/Add/Softmax, [heads, L, L] scores), kept for the bench's A/B
+   * and as the readable statement of the reference.
+   */
+  attention?: 'fused' | 'reference';
+}
+
+/** onnxruntime's contrib operator domain (MultiHeadAttention). */
+const MS_DOMAIN = 'com.microsoft';
+
+/**
+ * Query rows (of N = 64 tokens each) per MultiHeadAttention call in a global block. Measured on
+ * one vit_b global block (2 cores, AVX2): 1 row 1611 ms, 2 rows 1498, 4 rows 1499; the bias of a
+ * 2-row chunk is 12 heads × 128 × 4096 floats = 25 MB.
+ */
+const GLOBAL_QUERY_ROWS = 2;
+
 /** LayerNorm (norm_layer = partial(nn.LayerNorm, eps=1e-6)) and LayerNorm2d epsilon. */
 const LN_EPS = 1e-6;
 
@@ -35,10 +55,10 @@ const LN_EPS = 1e-6;
  * `image_embeddings` float32 [1,outChans,N,N] with N = imgSize / patchSize.
  * Throws a model error when a tensor is missing or has the wrong shape for `cfg`.
  */
-export function buildVitEncoder(sd: StateDict, cfg: VitConfig, prefix = 'image_encoder.'): GraphBuilder {
+export function buildVitEncoder(sd: StateDict, cfg: VitConfig, prefix = 'image_encoder.', opts: VitEncoderOptions = {}): GraphBuilder {
   validateConfig(cfg);
   const g = new GraphBuilder('sam_image_encoder_vit');
-  const b = new VitBuilder(g, sd, cfg, prefix);
+  const b = new VitBuilder(g, sd, cfg, prefix, opts.attention ?? 'fused');
   const N = cfg.imgSize / cfg.patchSize;
   const C = cfg.embedDim;
 
@@ -67,6 +87,7 @@ function validateConfig(cfg: VitConfig): void {
 /** Graph-building helpers bound to one state dict and config; method names follow the PyTorch modules. */
 class VitBuilder {
   private readonly shapes = new Map<string, TensorRef>();
+  private readonly oneHots = new Set<string>();
   private readonly N: number;
   private readonly C: number;
   private readonly headDim: number;
@@ -76,6 +97,7 @@ class VitBuilder {
     private readonly sd: StateDict,
     private readonly cfg: VitConfig,
     private readonly prefix: string,
+    private readonly attentionKind: 'fused' | 'reference',
   ) {
     this.N = cfg.imgSize / cfg.patchSize;
     this.C = cfg.embedDim;
@@ -147,30 +169,16 @@ class VitBuilder {
 
   /** Block: x + attn(norm1(x)) (windowed unless windowSize is 0), then x + mlp(norm2(x)). */
   block(i: number, x: TensorRef, windowSize: number): TensorRef {
-    const { C, N, g } = this;
+    const { C, g } = this;
     const key = `blocks.${i}`;
-    const shortcut = x;
-    let h = this.layerNorm(x, `${key}.norm1`, C); // [N*N, C]
-    if (windowSize > 0) {
-      // window_partition: zero-pad the normalized tokens to a multiple of the window (64 → 70),
-      // [Hp, Wp, C] → [Hp/ws, ws, Wp/ws, ws, C] → [nWh, nWw, ws, ws, C] → [nW*ws*ws, C].
-      const pad = (windowSize - (N % windowSize)) % windowSize;
-      const Np = N + pad;
-      const nWs = Np / windowSize;
-      let w = this.reshape(h, [N, N, C]);
-      if (pad > 0) w = g.op('Pad', [w, g.constInt64([0, 0, 0, pad, pad, 0], [6], 'pads')]);
-      w = this.transpose(this.reshape(w, [nWs, windowSize, nWs, windowSize, C]), [0, 2, 1, 3, 4]);
-      w = this.reshape(w, [nWs * nWs * windowSize * windowSize, C]);
-      w = this.attention(`${key}.attn`, w, nWs * nWs, windowSize);
-      // window_unpartition: back to [Hp, Wp, C], crop the padding, tokens [N*N, C].
-      w = this.transpose(this.reshape(w, [nWs, nWs, windowSize, windowSize, C]), [0, 2, 1, 3, 4]);
-      w = this.reshape(w, [Np, Np, C]);
-      if (pad > 0) w = g.op('Slice', [w, g.constInt64([0, 0]), g.constInt64([N, N]), g.constInt64([0, 1])]);
-      h = this.reshape(w, [N * N, C]);
-    } else {
-      h = this.attention(`${key}.attn`, h, 1, N);
-    }
-    x = g.op('Add', [shortcut, h]);
+    const h = this.layerNorm(x, `${key}.norm1`, C); // [N*N, C]
+    const attn =
+      this.attentionKind === 'reference'
+        ? this.referenceBlockAttention(`${key}.attn`, h, windowSize)
+        : windowSize > 0
+          ? this.windowedAttention(`${key}.attn`, h, windowSize)
+          : this.globalAttention(`${key}.attn`, h);
+    x = g.op('Add', [x, attn]);
     const mlp = this.mlp(`${key}.mlp`, this.layerNorm(x, `${key}.norm2`, C));
     return g.node('Add', [x, mlp], {}, { outputs: [`${this.prefix}${key}.out`] })[0];
   }
@@ -187,36 +195,187 @@ class VitBuilder {
   }
 
   /**
-   * Attention with decomposed relative positions on nW windows of S×S tokens:
-   * x [nW*S*S, C] (window-major, then h, w) → [nW*S*S, C].
+   * Windowed attention (window_partition → Attention → window_unpartition), tokens [N*N, C] →
+   * [N*N, C]. The qkv Linear runs on the N*N real tokens and the zero padding (64 → 70) is added
+   * after it: a padded token's q, k, v are then the bias, exactly Linear(0) in the reference. The
+   * proj Linear runs after the crop (it is per token), so neither Linear multiplies padding.
    */
-  private attention(key: string, x: TensorRef, nW: number, S: number): TensorRef {
+  private windowedAttention(key: string, h: TensorRef, ws: number): TensorRef {
+    const { C, N, g } = this;
+    const pad = (ws - (N % ws)) % ws;
+    const Np = N + pad;
+    const nWs = Np / ws;
+    const { weight, bias } = this.qkvWeights(key);
+    // [N*N, 3C] → [Hp, Wp, 3C] → [nWh, ws, nWw, ws, 3C] → [nWh, nWw, ws, ws, 3C] → [nW*ws*ws, 3C]
+    let w = this.reshape(this.linear(h, weight), [N, N, 3 * C]);
+    if (pad > 0) w = g.op('Pad', [w, g.constInt64([0, 0, 0, pad, pad, 0], [6], 'pads')]);
+    w = this.reshape(this.transpose(this.reshape(w, [nWs, ws, nWs, ws, 3 * C]), [0, 2, 1, 3, 4]), [nWs * nWs * ws * ws, 3 * C]);
+    const [q, k, v] = g.node('Split', [g.op('Add', [w, bias])], { axis: 1 }, { outputs: 3 });
+    let out = this.fusedAttention(key, q, k, v, nWs * nWs, ws); // [nW*ws*ws, C]
+    // window_unpartition: back to [Hp, Wp, C], crop the padding, tokens [N*N, C].
+    out = this.reshape(this.transpose(this.reshape(out, [nWs, nWs, ws, ws, C]), [0, 2, 1, 3, 4]), [Np, Np, C]);
+    if (pad > 0) out = g.op('Slice', [out, g.constInt64([0, 0]), g.constInt64([N, N]), g.constInt64([0, 1])]);
+    return this.proj(key, this.reshape(out, [N * N, C]));
+  }
+
+  /**
+   * Global attention over all L = N*N tokens, [L, C] → [L, C]: onnxruntime's MultiHeadAttention
+   * on GLOBAL_QUERY_ROWS rows of queries at a time, each with its own relative-position bias
+   * [1, nH, rows*N, L] = rel_h + rel_w broadcast. No [nH, L, L] tensor exists (805 MB for vit_b,
+   * 1.07 GB for vit_h); the bias of one chunk (25 MB for vit_b) stays in the L3 cache.
+   */
+  private globalAttention(key: string, h: TensorRef): TensorRef {
+    const { C, N: S, g } = this;
+    const nH = this.cfg.numHeads;
+    const hd = this.headDim;
+    const L = S * S;
+    const R = GLOBAL_QUERY_ROWS;
+    const chunks = S / R;
+    const { weight, bias } = this.qkvWeights(key);
+    const [q, k, v] = g.node('Split', [this.linear(h, weight, bias)], { axis: 1 }, { outputs: 3 }); // each [L, C]
+    // rel_h[qh, qw, n, kh] = Σ_c q[qh, qw, n, c]·Rh[qh, c, kh]: a MatMul batched over qh.
+    const relH = g.op('MatMul', [this.reshape(q, [S, S * nH, hd]), this.relPos(`${key}.rel_pos_h`, S)]); // [qh, qw*nH, kh]
+    // rel_w[qh, qw, n, kw] = Σ_c q[qh, qw, n, c]·Rw[qw, c, kw]: batched over qw.
+    const qByW = this.reshape(this.transpose(this.reshape(q, [S, S, C]), [1, 0, 2]), [S, S * nH, hd]); // [qw, qh*nH, c]
+    const relW = g.op('MatMul', [qByW, this.relPos(`${key}.rel_pos_w`, S)]); // [qw, qh*nH, kw]
+    // Per chunk of R query rows: [1, nH, R*qw, kh, 1] and [1, nH, R*qw, 1, kw].
+    const relHc = this.transpose(this.reshape(relH, [chunks, R, S, nH, S]), [0, 3, 1, 2, 4]); // [chunk, nH, r, qw, kh]
+    const relWc = this.transpose(this.reshape(relW, [S, chunks, R, nH, S]), [1, 3, 2, 0, 4]); // [chunk, nH, r, qw, kw]
+    const hs = g.node('Split', [this.reshape(relHc, [chunks, nH, R * S, S, 1])], { axis: 0 }, { outputs: chunks });
+    const wsR = g.node('Split', [this.reshape(relWc, [chunks, nH, R * S, 1, S])], { axis: 0 }, { outputs: chunks });
+    const qs = g.node('Split', [this.reshape(q, [chunks, R * S, C])], { axis: 0 }, { outputs: chunks }); // each [1, R*S, C]
+    // Keys and values once in the kernel's [1, nH, L, hd] layout, shared by every chunk.
+    const kB = this.transpose(this.reshape(k, [1, L, nH, hd]), [0, 2, 1, 3]);
+    const vB = this.transpose(this.reshape(v, [1, L, nH, hd]), [0, 2, 1, 3]);
+    const outs: TensorRef[] = [];
+    for (let c = 0; c < chunks; c++) {
+      const attnBias = this.reshape(g.op('Add', [hs[c], wsR[c]]), [1, nH, R * S, L]);
+      // inputs: query, key, value, bias, key_padding_mask, attention_bias; k carries the scale.
+      const [o] = g.node('MultiHeadAttention', [qs[c], kB, vB, '', '', attnBias], { num_heads: nH, scale: attr.float(1) }, { domain: MS_DOMAIN });
+      outs.push(o); // [1, R*S, C]
+    }
+    return this.proj(key, this.reshape(g.op('Concat', outs, { axis: 0 }), [L, C]));
+  }
+
+  private proj(key: string, x: TensorRef): TensorRef {
+    const { C } = this;
+    return this.linear(x, this.weight(`${key}.proj.weight`, [C, C]), this.weight(`${key}.proj.bias`, [C]));
+  }
+
+  /**
+   * The qkv Linear's weight [3C, C] and bias [3C] as initializers, with the attention scale
+   * head_dim^-0.5 folded into k's rows: (q*scale)·kᵀ = q·(scale*k)ᵀ.
+   */
+  private qkvWeights(key: string): { weight: TensorRef; bias: TensorRef } {
+    const { C, g } = this;
+    const { w, b } = this.qkvScaled(key);
+    const p = `${this.prefix}${key}.qkv`;
+    return { weight: g.initializer(`${p}.weight_k_scaled`, w, [3 * C, C]), bias: g.initializer(`${p}.bias_k_scaled`, b, [3 * C]) };
+  }
+
+  /** qkv.weight [3C, C] and qkv.bias [3C] (zeros without qkv_bias), k's rows times head_dim^-0.5. */
+  private qkvScaled(key: string): { w: Float32Array; b: Float32Array } {
+    const { C } = this;
+    const scale = this.headDim ** -0.5;
+    const w = this.tensor(`${key}.qkv.weight`, [3 * C, C]).data.slice();
+    const b = this.cfg.qkvBias ? this.tensor(`${key}.qkv.bias`, [3 * C]).data.slice() : new Float32Array(3 * C);
+    for (let n = C * C; n < 2 * C * C; n++) w[n] *= scale;
+    for (let n = C; n < 2 * C; n++) b[n] *= scale;
+    return { w, b };
+  }
+
+  /**
+   * add_decomposed_rel_pos folded into the q·k product, so that onnxruntime's MultiHeadAttention
+   * (its CPU kernel is flash attention: blocks of scores in L2, never [nH, L, L]) computes it:
+   *
+   *   attn[q, k] = q·k_scaled + rel_h[q, kh(k)] + rel_w[q, kw(k)]
+   *              = [q, rel_h[q, :], rel_w[q, :]] · [k_scaled, onehot(kh(k)), onehot(kw(k))]
+   *
+   * so each head's query grows to hd + 2S values and each key to hd + 2S (the one-hots are
+   * constants), and MultiHeadAttention runs with scale 1. The extra multiply-adds (2S per score)
+   * cost less than the [nH, L, L] Adds, Softmax and memory they replace.
+   * q, k, v [nW*L, C] → [nW*L, C] (heads merged, as the proj Linear wants).
+   */
+  private fusedAttention(key: string, q: TensorRef, k: TensorRef, v: TensorRef, nW: number, S: number): TensorRef {
     const { C, g } = this;
     const nH = this.cfg.numHeads;
     const hd = this.headDim;
     const L = S * S;
-    const scale = hd ** -0.5;
+    // rel_h[w, qh, qw, n, kh] = Σ_c q[w, qh, qw, n, c]·Rh[qh, c, kh]: a MatMul batched over qh.
+    const relH = g.op('MatMul', [this.reshape(q, [nW, S, S * nH, hd]), this.relPos(`${key}.rel_pos_h`, S)]); // [nW, qh, qw*nH, kh]
+    // rel_w[w, qh, qw, n, kw] = Σ_c q[w, qh, qw, n, c]·Rw[qw, c, kw]: batched over qw.
+    const qByW = this.reshape(this.transpose(this.reshape(q, [nW, S, S, C]), [0, 2, 1, 3]), [nW, S, S * nH, hd]); // [nW, qw, qh*nH, c]
+    const relWByW = g.op('MatMul', [qByW, this.relPos(`${key}.rel_pos_w`, S)]); // [nW, qw, qh*nH, kw]
+    const relW = this.transpose(this.reshape(relWByW, [nW, S, S, nH * S]), [0, 2, 1, 3]); // [nW, qh, qw, nH*kw]
+    const qAug = g.op('Concat', [this.reshape(q, [nW * L, nH, hd]), this.reshape(relH, [nW * L, nH, S]), this.reshape(relW, [nW * L, nH, S])], { axis: -1 });
+    const kAug = g.op('Concat', [this.reshape(k, [nW, L, nH, hd]), g.op('Expand', [this.keyOneHots(S), this.shape([nW, L, nH, 2 * S])])], { axis: -1 });
+    const D = nH * (hd + 2 * S);
+    const [out] = g.node(
+      'MultiHeadAttention',
+      [this.reshape(qAug, [nW, L, D]), this.reshape(kAug, [nW, L, D]), this.reshape(v, [nW, L, C])],
+      { num_heads: nH, scale: attr.float(1) },
+      { domain: MS_DOMAIN },
+    ); // [nW, L, C]
+    return this.reshape(out, [nW * L, C]);
+  }
 
-    const qkvW = this.tensor(`${key}.qkv.weight`, [3 * C, C]).data;
-    const qkvB = this.cfg.qkvBias ? this.tensor(`${key}.qkv.bias`, [3 * C]).data : new Float32Array(3 * C);
-    const part = (j: number, factor: number, name: string): TensorRef[] => {
-      const w = qkvW.slice(j * C * C, (j + 1) * C * C);
-      const bias = qkvB.slice(j * C, (j + 1) * C);
-      if (factor !== 1) {
-        for (let n = 0; n < w.length; n++) w[n] *= factor;
-        for (let n = 0; n < bias.length; n++) bias[n] *= factor;
+  /** [1, L, 1, 2S] constant: key token kh*S + kw → one-hot of kh (first S) and of kw (last S). */
+  private keyOneHots(S: number): TensorRef {
+    const name = `${this.prefix}rel_pos_key_onehots_${S}`;
+    if (!this.oneHots.has(name)) {
+      const data = new Float32Array(S * S * 2 * S);
+      for (let kh = 0; kh < S; kh++) {
+        for (let kw = 0; kw < S; kw++) {
+          const row = (kh * S + kw) * 2 * S;
+          data[row + kh] = 1;
+          data[row + S + kw] = 1;
+        }
       }
-      const p = `${this.prefix}${key}.qkv.${name}`;
-      return [g.initializer(`${p}.weight`, w, [C, C]), g.initializer(`${p}.bias`, bias, [C])];
-    };
-    const [wq, bq] = part(0, 1, 'q');
-    const [wk, bk] = part(1, scale, 'k_scaled');
-    const [wv, bv] = part(2, 1, 'v');
+      this.g.initializer(name, data, [1, S * S, 1, 2 * S]);
+      this.oneHots.add(name);
+    }
+    return name;
+  }
 
-    const q5 = this.reshape(this.linear(x, wq, bq), [nW, S, S, nH, hd]); // [nW, qh, qw, nH, hd]
+  /**
+   * The reference formulation, the encoder graph before MultiHeadAttention (kept for the bench's
+   * A/B): window_partition on the normalized tokens, q/k/v Linears on the padded windows,
+   * [nW, nH, L, L] scores + broadcast rel_h/rel_w, Softmax, ·v, proj, window_unpartition.
+   */
+  private referenceBlockAttention(key: string, h: TensorRef, windowSize: number): TensorRef {
+    const { C, N, g } = this;
+    if (windowSize === 0) return this.referenceAttention(key, h, 1, N);
+    const pad = (windowSize - (N % windowSize)) % windowSize;
+    const Np = N + pad;
+    const nWs = Np / windowSize;
+    let w = this.reshape(h, [N, N, C]);
+    if (pad > 0) w = g.op('Pad', [w, g.constInt64([0, 0, 0, pad, pad, 0], [6], 'pads')]);
+    w = this.transpose(this.reshape(w, [nWs, windowSize, nWs, windowSize, C]), [0, 2, 1, 3, 4]);
+    w = this.reshape(w, [nWs * nWs * windowSize * windowSize, C]);
+    w = this.referenceAttention(key, w, nWs * nWs, windowSize);
+    w = this.transpose(this.reshape(w, [nWs, nWs, windowSize, windowSize, C]), [0, 2, 1, 3, 4]);
+    w = this.reshape(w, [Np, Np, C]);
+    if (pad > 0) w = g.op('Slice', [w, g.constInt64([0, 0]), g.constInt64([N, N]), g.constInt64([0, 1])]);
+    return this.reshape(w, [N * N, C]);
+  }
+
+  /** Reference attention on nW windows of S×S tokens, x [nW*S*S, C] → [nW*S*S, C] (proj included). */
+  private referenceAttention(key: string, x: TensorRef, nW: number, S: number): TensorRef {
+    const { C, g } = this;
+    const nH = this.cfg.numHeads;
+    const hd = this.headDim;
+    const L = S * S;
+    // Three Linears, one per row block of qkv.weight (the graph as it was).
+    const { w, b } = this.qkvScaled(key);
+    const [qTok, kTok, vTok] = ['q', 'k_scaled', 'v'].map((name, j) => {
+      const p = `${this.prefix}${key}.qkv.${name}`;
+      const wj = g.initializer(`${p}.weight`, w.slice(j * C * C, (j + 1) * C * C), [C, C]);
+      return this.linear(x, wj, g.initializer(`${p}.bias`, b.slice(j * C, (j + 1) * C), [C]));
+    });
+    const q5 = this.reshape(qTok, [nW, S, S, nH, hd]); // [nW, qh, qw, nH, hd]
     const q = this.transpose(q5, [0, 3, 1, 2, 4]); // [nW, nH, qh, qw, hd]
-    const kT = this.transpose(this.reshape(this.linear(x, wk, bk), [nW, L, nH, hd]), [0, 2, 3, 1]); // [nW, nH, hd, L]
-    const v = this.transpose(this.reshape(this.linear(x, wv, bv), [nW, L, nH, hd]), [0, 2, 1, 3]); // [nW, nH, L, hd]
+    const kT = this.transpose(this.reshape(kTok, [nW, L, nH, hd]), [0, 2, 3, 1]); // [nW, nH, hd, L]
+    const v = this.transpose(this.reshape(vTok, [nW, L, nH, hd]), [0, 2, 1, 3]); // [nW, nH, L, hd]
 
     let attn = g.op('MatMul', [this.reshape(q, [nW, nH, L, hd]), kT]); // [nW, nH, L, L]
 
@@ -232,8 +391,7 @@ class VitBuilder {
     attn = g.op('Softmax', [this.reshape(attn, [nW, nH, L, L])], { axis: -1 });
 
     const out = g.op('MatMul', [attn, v]); // [nW, nH, L, hd]
-    const merged = this.reshape(this.transpose(out, [0, 2, 1, 3]), [nW * L, C]); // heads back to channels
-    return this.linear(merged, this.weight(`${key}.proj.weight`, [C, C]), this.weight(`${key}.proj.bias`, [C]));
+    return this.proj(key, this.reshape(this.transpose(out, [0, 2, 1, 3]), [nW * L, C])); // heads back to channels
   }
 
   /**

@@ -27,6 +27,8 @@ export interface ModelManifest {
    * image side once per crop, IoU for every prompt, masks only for those that pass the filter.
    */
   splitDecoder?: SplitDecoderFiles;
+  /** 'int8' when `sam models convert --quantize int8` quantized the encoder. */
+  quantization?: string;
   description?: string;
 }
 

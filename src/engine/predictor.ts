@@ -59,6 +59,14 @@ export async function embedImage(model: SamModel, image: RgbImage): Promise<Imag
 export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRecord, file: string, imageSize: Size): Promise<ImageState> {
   const id = await model.id();
   if (rec.modelId !== id) {
+    // The int8 and float conversions of one checkpoint differ only by the id's suffix.
+    const int8 = (m: string): boolean => m.endsWith('-int8');
+    if (int8(rec.modelId) !== int8(id) && rec.modelId.replace(/-int8$/, '') === id.replace(/-int8$/, '')) {
+      const [made, given] = int8(rec.modelId) ? ['the int8-quantized', 'float'] : ['the float', 'int8-quantized'];
+      throw inputError(
+        `${file}: embedding was made by ${made} model '${rec.modelId}' and this --model is its ${given} conversion '${id}'; pass the --model it was made with, or rerun 'sam embed' with this one`,
+      );
+    }
     throw inputError(`${file}: embedding was made by model '${rec.modelId}', not '${id}'; rerun 'sam embed' with this --model or drop --embedding`);
   }
   if (rec.originalSize[0] !== imageSize[0] || rec.originalSize[1] !== imageSize[1]) {

@@ -5,6 +5,7 @@
  * converted model folders (manifest.json + .onnx files), `<cache>/checksums.json` for hashes
  * recorded on first download of files the registry has no published checksum for.
  */
+import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { isFile } from '../util/fs.js';
@@ -32,4 +33,15 @@ export const downloadPath = (entry: RegistryEntry): string => join(downloadsDir(
 
 export async function isConverted(dir: string): Promise<boolean> {
   return isFile(join(dir, 'manifest.json'));
+}
+
+/** The manifest's "quantization" ('int8') of a converted model folder; undefined for float models. */
+export async function modelQuantization(dir: string): Promise<string | undefined> {
+  const text = await readFile(join(dir, 'manifest.json'), 'utf8').catch(() => undefined);
+  try {
+    const q = text === undefined ? undefined : (JSON.parse(text) as { quantization?: unknown }).quantization;
+    return typeof q === 'string' ? q : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -25,6 +25,7 @@ interface ManifestFiles {
   decoder?: string;
   batchedDecoder?: string;
   splitDecoder?: { image?: string; prompt?: string; masks?: string };
+  quantization?: string;
   files?: Record<string, { sha256?: string; bytes?: number }>;
 }
 
@@ -48,7 +49,8 @@ export async function verifyModel(arg: string, log: (c: Check) => void): Promise
   } catch (err) {
     throw modelError(`${manifestPath}: not valid JSON (${(err as Error).message}); convert the model again`, err);
   }
-  report({ ok: true, what: 'manifest.json', detail: `format ${manifest.format ?? '?'}, id ${manifest.id ?? '?'}, type ${manifest.type ?? '?'}` });
+  const weights = typeof manifest.quantization === 'string' ? `${manifest.quantization} (quantized encoder)` : 'float32';
+  report({ ok: true, what: 'manifest.json', detail: `format ${manifest.format ?? '?'}, id ${manifest.id ?? '?'}, type ${manifest.type ?? '?'}, weights ${weights}` });
 
   const files = manifest.files;
   if (files && typeof files === 'object') {
