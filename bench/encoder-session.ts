@@ -15,7 +15,7 @@ if (!file || !graphOptimizationLevel || (arena !== 'on' && arena !== 'off')) {
   process.exit(2);
 }
 const t0 = performance.now();
-const session = await ort.InferenceSession.create(file, { ...ortSessionOptions({}, arena === 'on'), graphOptimizationLevel });
+const session = await ort.InferenceSession.create(file, { ...ortSessionOptions({}, arena === 'on', true), graphOptimizationLevel });
 const create = (performance.now() - t0) / 1000;
 const image = new Float32Array(3 * 1024 * 1024);
 for (let i = 0; i < image.length; i++) image[i] = Math.sin(i * 0.001) * 1.5;

@@ -20,9 +20,13 @@ export interface CallProfile {
   byOp: [string, number][];
 }
 
-/** The engine's session options (src/engine/model.ts), with or without ORT's profiler. */
-function sessionOptions(profile: boolean): ort.InferenceSession.SessionOptions {
-  return { ...ortSessionOptions(), enableProfiling: profile, profileFilePrefix: path.join(tmpdir(), `sam-bench-profile-${process.pid}`) };
+/**
+ * The engine's session options (src/engine/model.ts), with or without ORT's profiler; `encoder`:
+ * those of the encoder session (no memory arena, spinning threads).
+ */
+function sessionOptions(profile: boolean, encoder = false): ort.InferenceSession.SessionOptions {
+  const base = encoder ? ortSessionOptions({}, false, true) : ortSessionOptions();
+  return { ...base, enableProfiling: profile, profileFilePrefix: path.join(tmpdir(), `sam-bench-profile-${process.pid}`) };
 }
 
 const median = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -68,8 +72,8 @@ function nodeMacs(op: string, inputs: number[][], outputs: number[][]): number {
 }
 
 /** One profiled call (no warm-up, for models too slow to call more often): its kernel time and multiply-adds. */
-export async function profileOnce(file: string, feeds: Record<string, ort.Tensor>): Promise<CallProfile> {
-  const profiled = await ort.InferenceSession.create(file, sessionOptions(true));
+export async function profileOnce(file: string, feeds: Record<string, ort.Tensor>, encoder = false): Promise<CallProfile> {
+  const profiled = await ort.InferenceSession.create(file, sessionOptions(true, encoder));
   const t0 = performance.now();
   await profiled.run(feeds);
   const ms = performance.now() - t0;
@@ -78,8 +82,8 @@ export async function profileOnce(file: string, feeds: Record<string, ort.Tensor
 }
 
 /** Time `runs` calls of `session` on `feeds`, then profile one and count its multiply-adds. */
-export async function profileCall(file: string, feeds: Record<string, ort.Tensor>, runs = 5): Promise<CallProfile> {
-  const session = await ort.InferenceSession.create(file, sessionOptions(false));
+export async function profileCall(file: string, feeds: Record<string, ort.Tensor>, runs = 5, encoder = false): Promise<CallProfile> {
+  const session = await ort.InferenceSession.create(file, sessionOptions(false, encoder));
   const times: number[] = [];
   await session.run(feeds);
   for (let i = 0; i < runs; i++) {
@@ -88,7 +92,7 @@ export async function profileCall(file: string, feeds: Record<string, ort.Tensor
     times.push(performance.now() - t0);
   }
   await session.release();
-  const profiled = await ort.InferenceSession.create(file, sessionOptions(true));
+  const profiled = await ort.InferenceSession.create(file, sessionOptions(true, encoder));
   await profiled.run(feeds);
   const { macs, byOp } = await readProfile(profiled);
   return { ms: median(times), macs, byOp };

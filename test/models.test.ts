@@ -193,6 +193,13 @@ describe('sam models pull', () => {
     expect(downloads(cache)).toEqual([CKPT_NAME]);
     const list = await sam(['models', 'list'], cache);
     expect(list.stdout).toMatch(/tiny_redirect\s+vit_t\s+40\.7 MB\s+\S+\s+Apache-2\.0\s+downloaded\s+http/);
+
+    // The kept checkpoint converts without downloading again; list shows an int8 pull.
+    const q = await sam(['models', 'pull', 'tiny_redirect', '--quantize', 'int8', '-q'], cache);
+    expect(q.code).toBe(EXIT.ok);
+    expect((await sam(['models', 'list'], cache)).stdout).toMatch(/tiny_redirect\s+vit_t\s+40\.7 MB\s+\S+\s+Apache-2\.0\s+converted \(int8\)\s+http/);
+    const listed = JSON.parse((await sam(['models', 'list', '--json'], cache)).stdout) as { models: { name: string; quantization?: string }[] };
+    expect(listed.models.find((m) => m.name === 'tiny_redirect')?.quantization).toBe('int8');
   });
 
   it('resumes an interrupted download with an HTTP Range request', async () => {

@@ -42,8 +42,8 @@ const MS_DOMAIN = 'com.microsoft';
 
 /**
  * Query rows (of N = 64 tokens each) per MultiHeadAttention call in a global block. Measured on
- * one vit_b global block (2 cores, AVX2): 1 row 1611 ms, 2 rows 1498, 4 rows 1499; the bias of a
- * 2-row chunk is 12 heads × 128 × 4096 floats = 25 MB.
+ * the whole vit_b encoder (2 cores, AVX2, paired runs): 1 row 5% slower than 2, 4 rows 10%
+ * slower; the bias of a 2-row chunk is 12 heads × 128 × 4096 floats = 25 MB.
  */
 const GLOBAL_QUERY_ROWS = 2;
 

@@ -109,9 +109,9 @@ function checkContract(
  * for the life of the process (~230 MiB for vit_t at one image); the encoder runs once per crop,
  * so giving that memory back costs little and keeps `sam auto`'s resident set bounded.
  */
-async function createSession(file: string, options: SessionOptions, memArena = true): Promise<ort.InferenceSession> {
+async function createSession(file: string, options: SessionOptions, memArena = true, spinning = false): Promise<ort.InferenceSession> {
   try {
-    return await ort.InferenceSession.create(file, ortSessionOptions(options, memArena));
+    return await ort.InferenceSession.create(file, ortSessionOptions(options, memArena, spinning));
   } catch (err) {
     const reason = String((err as Error).message ?? err).split('\n')[0];
     throw modelError(`${file}: onnxruntime cannot load it (${reason}); re-export or re-download the model file`, err);
@@ -119,7 +119,7 @@ async function createSession(file: string, options: SessionOptions, memArena = t
 }
 
 /** The onnxruntime options of every model session (the bench profiles with the same ones). */
-export function ortSessionOptions(options: SessionOptions = {}, memArena = true): ort.InferenceSession.SessionOptions {
+export function ortSessionOptions(options: SessionOptions = {}, memArena = true, spinning = false): ort.InferenceSession.SessionOptions {
   return {
     enableCpuMemArena: memArena,
     intraOpNumThreads: options.threads ?? availableParallelism(),
@@ -130,7 +130,9 @@ export function ortSessionOptions(options: SessionOptions = {}, memArena = true)
     // Idle intra-op threads sleep instead of spinning: with `sam auto`'s engine worker they
     // share the cores with post-processing (measured: 25% less CPU, 11% less wall on the
     // fixture scenes; vit_t alone: 12% less CPU, wall unchanged).
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
+    // The encoder's threads spin (`spinning`): its ~600 short nodes per call (MultiHeadAttention
+    // chunks) made waking them cost 3.4% of vit_b's call (paired runs, CPU time the same).
+    extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } },
   };
 }
 
@@ -290,7 +292,7 @@ export class SamModel {
   }
 
   encoder(): Promise<EncoderSession> {
-    this.encoderP ??= createSession(this.encoderPath, this.options, false).then((s) => {
+    this.encoderP ??= createSession(this.encoderPath, this.options, false, true).then((s) => {
       checkContract('encoder', this.encoderPath, s, ENCODER_INPUTS, ENCODER_OUTPUTS);
       return new EncoderSession(this.encoderPath, s);
     });
