@@ -22,15 +22,16 @@ export interface CliRun {
 
 const GNU_TIME = '/usr/bin/time';
 
-/** Run `sam auto IMAGES --out TMP ...args` and read its figures; throws when it fails. */
-export async function runAuto(samBin: string, label: string, images: readonly string[], args: readonly string[]): Promise<CliRun> {
-  const out = await mkdtemp(path.join(tmpdir(), 'sam-bench-out-'));
-  const cli = [samBin, 'auto', ...images, '--out', out, ...args];
+/**
+ * Run `argv` (a program and its arguments) as a child, under GNU time when the machine has it:
+ * exit code, stderr, wall seconds and peak RSS in MB (NaN without GNU time).
+ */
+export async function timedProcess(argv: readonly string[]): Promise<{ code: number | null; stderr: string; wallS: number; rssMb: number }> {
   const useTime = existsSync(GNU_TIME);
-  const [cmd, argv] = useTime ? [GNU_TIME, ['-f', 'SAMBENCH %e %M', process.execPath, ...cli]] : [process.execPath, cli];
+  const [cmd, args] = useTime ? [GNU_TIME, ['-f', 'SAMBENCH %e %M', ...argv]] : [argv[0], argv.slice(1)];
   const t0 = performance.now();
   const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (d: string) => (err += d));
@@ -38,9 +39,16 @@ export async function runAuto(samBin: string, label: string, images: readonly st
     child.on('close', (c) => resolve({ code: c, stderr: err }));
   });
   const wall = (performance.now() - t0) / 1000;
+  const timeLine = /SAMBENCH ([\d.]+) (\d+)/.exec(stderr);
+  return { code, stderr, wallS: timeLine ? Number(timeLine[1]) : wall, rssMb: timeLine ? Number(timeLine[2]) / 1024 : NaN };
+}
+
+/** Run `sam auto IMAGES --out TMP ...args` and read its figures; throws when it fails. */
+export async function runAuto(samBin: string, label: string, images: readonly string[], args: readonly string[]): Promise<CliRun> {
+  const out = await mkdtemp(path.join(tmpdir(), 'sam-bench-out-'));
+  const { code, stderr, wallS, rssMb } = await timedProcess([process.execPath, samBin, 'auto', ...images, '--out', out, ...args]);
   await rm(out, { recursive: true, force: true });
   if (code !== 0) throw new Error(`${label}: sam auto exited ${code}:\n${stderr.split('\n').slice(-6).join('\n')}`);
-  const timeLine = /SAMBENCH ([\d.]+) (\d+)/.exec(stderr);
   const stageLine = /time by stage: (.*)/.exec(stderr)?.[1] ?? '';
   const stages: Partial<Record<Stage, number>> = {};
   for (const s of STAGES) {
@@ -50,8 +58,8 @@ export async function runAuto(samBin: string, label: string, images: readonly st
   const summary = /(\d+) done, \d+ skipped, \d+ failed, (\d+) masks(?:, (\d+) of (\d+) prompts)?/.exec(stderr);
   return {
     label,
-    wallS: timeLine ? Number(timeLine[1]) : wall,
-    peakRssMb: timeLine ? Number(timeLine[2]) / 1024 : undefined,
+    wallS,
+    peakRssMb: Number.isNaN(rssMb) ? undefined : rssMb,
     stages,
     images: summary ? Number(summary[1]) : 0,
     masks: summary ? Number(summary[2]) : 0,

@@ -13,7 +13,6 @@
  *    the shared photos;
  * 4. ORT session options (graph optimization level × memory arena) on vit_b, one process each.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -25,6 +24,7 @@ import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord } from '../src/core/types.js';
 import { readEmbeddingFile } from '../src/io/embedding-file.js';
 import { table } from '../src/util/format.js';
+import { timedProcess } from './cli-runs.js';
 import { matmulGflops, profileCall, profileOnce, type CallProfile } from './ort-profile.js';
 import { writeRandomCheckpoint } from './random-checkpoint.js';
 
@@ -43,23 +43,8 @@ interface Paths {
   sam: string;
 }
 
-/** A child process's exit code, stderr, wall and peak RSS (GNU time). */
-async function timed(argv: readonly string[]): Promise<{ code: number | null; stderr: string; wallS: number; rssMb: number }> {
-  const t0 = performance.now();
-  const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', 'SAMBENCH %e %M', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d: string) => (err += d));
-    child.on('error', reject);
-    child.on('close', (c) => resolve({ code: c, stderr: err }));
-  });
-  const m = /SAMBENCH ([\d.]+) (\d+)/.exec(stderr);
-  return { code, stderr, wallS: m ? Number(m[1]) : (performance.now() - t0) / 1000, rssMb: m ? Number(m[2]) / 1024 : NaN };
-}
-
 async function sam(p: Paths, args: readonly string[]): Promise<{ wallS: number; rssMb: number }> {
-  const r = await timed([process.execPath, p.sam, ...args]);
+  const r = await timedProcess([process.execPath, p.sam, ...args]);
   if (r.code !== 0) throw new Error(`sam ${args.join(' ')} exited ${r.code}:\n${r.stderr.split('\n').slice(-5).join('\n')}`);
   return r;
 }
@@ -219,7 +204,7 @@ async function sessionSweep(p: Paths, encoder: string): Promise<void> {
   const t = [['graph optimization', 'memory arena', 'create s', 'call s (median of 2)', 'peak RSS MB']];
   for (const level of ['basic', 'extended', 'all']) {
     for (const arena of ['on', 'off']) {
-      const r = await timed([process.execPath, path.join(p.repo, 'dist', 'bench', 'encoder-session.js'), encoder, level, arena]);
+      const r = await timedProcess([process.execPath, path.join(p.repo, 'dist', 'bench', 'encoder-session.js'), encoder, level, arena]);
       if (r.code !== 0) throw new Error(`encoder-session ${level} ${arena}: ${r.stderr}`);
       const m = /SESSION create ([\d.]+) calls ([\d.,]+)/.exec(r.stderr);
       const calls = (m?.[2] ?? '').split(',').map(Number);

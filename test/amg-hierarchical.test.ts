@@ -3,7 +3,7 @@
  * grid points each round prompts (a fake disc predictor, no ONNX), and end to end through the
  * real CLI on the colour-oracle model and the synthetic fixture scenes, whose true masks are known.
  */
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SamAutomaticMaskGenerator, type AmgOptions, type PromptCounts } from '../src/amg/generator.js';
@@ -12,7 +12,7 @@ import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord, Size } from '../src/core/types.js';
 import { fixtureModel, maskIou, runSam, tempDir, type CliResult } from './helpers/cli.js';
 import { DiscPredictor, type Disc } from './helpers/disc-predictor.js';
-import { loadScene, writeSmallThingsScene } from './helpers/scenes.js';
+import { copyScenes, loadScene, writeSmallThingsScene } from './helpers/scenes.js';
 
 const SIZE: Size = [256, 256];
 /** 8 points per side on 256 px: grid point (row r, column c) at x = 16 + 32 c, y = 16 + 32 r. */
@@ -188,8 +188,7 @@ describe('sam auto --prompt-strategy hierarchical on flat-coloured shapes', () =
   beforeAll(async () => {
     const dir = freshDir('scenes');
     inDir = path.join(dir, 'in');
-    mkdirSync(inDir);
-    for (const name of SCENES) copyFileSync((await loadScene(name)).path, path.join(inDir, `${name}.png`));
+    copyScenes(inDir, SCENES);
     [plainOut, gridOut, hierOut] = ['plain', 'grid', 'hier'].map((n) => path.join(dir, n));
     plain = await auto([inDir, '--out', plainOut, ...PPS]);
     // Explicit --prompt-strategy grid is the default.

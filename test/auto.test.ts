@@ -12,7 +12,7 @@ import { decodeRle, rleToString } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord, UncompressedRle } from '../src/core/types.js';
 import { METADATA_HEADER } from '../src/output/records.js';
 import { fixtureImage, fixtureModel, maskIou, runSam, SAM_BIN, tempDir, type CliResult } from './helpers/cli.js';
-import { writeSmallThingsScene, type PaintedShape } from './helpers/scenes.js';
+import { copyScenes, writeSmallThingsScene, type PaintedShape } from './helpers/scenes.js';
 
 const MODEL = fixtureModel('oracle');
 /** Enough for the fixture shapes (tens of pixels and up) and keeps each image near one second. */
@@ -27,15 +27,6 @@ function freshDir(name: string): string {
   const dir = path.join(tmp.dir, `${++dirCount}-${name}`);
   mkdirSync(dir, { recursive: true });
   return dir;
-}
-
-/** Copy fixture scenes into `dir` (a name may carry a subfolder: 'sub/basic-320x240'). */
-function copyScenes(dir: string, names: readonly string[]): void {
-  for (const n of names) {
-    const dest = path.join(dir, `${n}.png`);
-    mkdirSync(path.dirname(dest), { recursive: true });
-    copyFileSync(fixtureImage(`${path.basename(n)}.png`), dest);
-  }
 }
 
 const auto = (args: readonly string[]): Promise<CliResult> => runSam(['auto', '--model', MODEL, ...args]);

@@ -7,6 +7,7 @@
  */
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { INT8_MODEL_ID_SUFFIX } from '../core/constants.js';
 import { SamError, modelError } from '../util/errors.js';
 import { loadStateDict, type StateDict } from './checkpoint.js';
 import { SAM_MODEL_TYPES, VIT_CONFIGS, checkConfigMatches, detectModelType, type Quantization, type SamModelType } from './configs.js';
@@ -108,7 +109,6 @@ export interface ConvertResult {
 }
 
 const ZERO_BIASES_SUFFIX = '-zero-attention-biases';
-const INT8_SUFFIX = '-int8';
 
 /** Below protobuf's 2 GiB message limit with room for the graph itself. */
 const EXTERNAL_DATA_THRESHOLD = 1.5 * 1024 ** 3;
@@ -344,7 +344,7 @@ async function folderChecksums(dir: string): Promise<ConvertedManifest['files']>
 
 /** What the model id appends for conversion options that change the encoder's numbers. */
 function idSuffix(zeroBiases: boolean, quantize: Quantization | undefined): string {
-  return `${zeroBiases ? ZERO_BIASES_SUFFIX : ''}${quantize === 'int8' ? INT8_SUFFIX : ''}`;
+  return `${zeroBiases ? ZERO_BIASES_SUFFIX : ''}${quantize === 'int8' ? INT8_MODEL_ID_SUFFIX : ''}`;
 }
 
 function modelManifest(

@@ -14,3 +14,5 @@ export const EMBEDDING_LENGTH = EMBEDDING_CHANNELS * EMBEDDING_SIDE * EMBEDDING_
 export const LOW_RES_SIDE = 256;
 /** Elements of one low-res mask: 256 * 256. */
 export const LOW_RES_LENGTH = LOW_RES_SIDE * LOW_RES_SIDE;
+/** What `sam models convert --quantize int8` appends to a model id (the engine tells the two conversions apart by it). */
+export const INT8_MODEL_ID_SUFFIX = '-int8';

@@ -1,4 +1,4 @@
-import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH } from '../core/constants.js';
+import { EMBEDDING_DIMS, IMAGE_SIZE, INT8_MODEL_ID_SUFFIX, LOW_RES_LENGTH } from '../core/constants.js';
 import { createUpscaler } from '../core/upscale.js';
 import * as ort from 'onnxruntime-node';
 import { applyCoords } from '../core/transforms.js';
@@ -60,8 +60,9 @@ export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRec
   const id = await model.id();
   if (rec.modelId !== id) {
     // The int8 and float conversions of one checkpoint differ only by the id's suffix.
-    const int8 = (m: string): boolean => m.endsWith('-int8');
-    if (int8(rec.modelId) !== int8(id) && rec.modelId.replace(/-int8$/, '') === id.replace(/-int8$/, '')) {
+    const int8 = (m: string): boolean => m.endsWith(INT8_MODEL_ID_SUFFIX);
+    const float = (m: string): string => (int8(m) ? m.slice(0, -INT8_MODEL_ID_SUFFIX.length) : m);
+    if (int8(rec.modelId) !== int8(id) && float(rec.modelId) === float(id)) {
       const [made, given] = int8(rec.modelId) ? ['the int8-quantized', 'float'] : ['the float', 'int8-quantized'];
       throw inputError(
         `${file}: embedding was made by ${made} model '${rec.modelId}' and this --model is its ${given} conversion '${id}'; pass the --model it was made with, or rerun 'sam embed' with this one`,

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import type { SceneFile } from '../../fixtures/generate.js';
@@ -9,6 +9,15 @@ export interface LoadedScene extends SceneFile {
   path: string;
   /** Shape name → true mask, row-major 0/1, upright (EXIF-applied) coordinates. */
   masks: Map<string, Uint8Array>;
+}
+
+/** Copy fixture scenes into `dir` (a name may carry a subfolder: 'sub/basic-320x240'). */
+export function copyScenes(dir: string, names: readonly string[]): void {
+  for (const n of names) {
+    const dest = path.join(dir, `${n}.png`);
+    mkdirSync(path.dirname(dest), { recursive: true });
+    copyFileSync(fixtureImage(`${path.basename(n)}.png`), dest);
+  }
 }
 
 /** A synthetic scene written by the fixture generator, with its true masks. */
