@@ -1,7 +1,8 @@
 /**
  * `npm run bench [-- --quick] [-- --model DIR]`: figures for `sam auto`'s decoder paths, printed,
  * never asserted (a benchmark is not a test). `npm run bench -- --encoder [--skip-vit-h]`: the
- * image encoders instead (encoder-bench.ts). In one run, on the same images:
+ * image encoders instead (encoder-bench.ts); `-- --queue`: the queue against one process
+ * (queue-bench.ts). In one run, on the same images:
  *
  * 1. the machine: cores and onnxruntime's MatMul GFLOP/s (a 2048³ product, and the shapes the
  *    decoders multiply), the compute limit the decoder is measured against;
@@ -31,6 +32,7 @@ import { generateFixtures } from '../fixtures/generate.js';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { table } from '../src/util/format.js';
 import { runAuto, type CliRun } from './cli-runs.js';
+import { queueBench } from './queue-bench.js';
 import { encoderBench } from './encoder-bench.js';
 import { matmulGflops, profileCall, type CallProfile } from './ort-profile.js';
 
@@ -157,10 +159,16 @@ function printRuns(title: string, runs: CliRun[], gridPrompts: number, base?: Cl
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' }, queue: { type: 'boolean' } } });
   if (values.encoder) {
     out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
     await encoderBench({ repo: REPO, shared: SHARED, cache: path.join(CACHE, 'encoders'), sam: SAM }, { skipVitH: values['skip-vit-h'] ?? false });
+    return;
+  }
+  if (values.queue) {
+    out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
+    const fx = await fixtures();
+    await queueBench({ sam: SAM, model: await vitT(values.model), oracle: path.join(fx.models, 'oracle'), shared: SHARED, smallImage: path.join(FIXTURES, 'images', 'small-96x64.png') });
     return;
   }
   const model = await vitT(values.model);

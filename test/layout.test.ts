@@ -18,7 +18,8 @@ const ALLOWED: Record<string, readonly string[]> = {
   convert: ['core', 'engine', 'util'],
   pipeline: ['core', 'amg', 'io', 'output', 'engine', 'util'],
   hub: ['core', 'engine', 'convert', 'util'],
-  commands: ['core', 'amg', 'io', 'output', 'engine', 'convert', 'pipeline', 'hub', 'util'],
+  queue: ['core', 'amg', 'io', 'output', 'engine', 'pipeline', 'hub', 'util'],
+  commands: ['core', 'amg', 'io', 'output', 'engine', 'convert', 'pipeline', 'hub', 'queue', 'util'],
 };
 /** Typed arrays in, typed arrays out: no fs, no onnxruntime, no sharp. */
 const PURE = new Set(['core', 'amg']);

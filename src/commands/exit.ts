@@ -11,6 +11,8 @@ export const EXIT = {
   /** A batch finished but some images failed (listed on stderr). */
   someFailed: 5,
   output: 6,
+  /** Redis (the queue) cannot be reached. */
+  service: 7,
 } as const;
 
 /** Stacks of internal errors are printed with --verbose or SAM_DEBUG=1. */

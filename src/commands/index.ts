@@ -3,6 +3,8 @@ import { packageVersion } from '../util/package.js';
 import { registerAuto } from './auto.js';
 import { registerEmbed } from './embed.js';
 import { registerModels } from './models.js';
+import { registerQueue } from './queue.js';
+import { registerWorker } from './worker.js';
 import { EXIT, reportError } from './exit.js';
 import { registerSegment } from './segment.js';
 
@@ -21,6 +23,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
   registerSegment(program, setExit);
   registerAuto(program, setExit);
   registerModels(program);
+  registerQueue(program);
+  registerWorker(program, setExit);
   return program;
 }
 

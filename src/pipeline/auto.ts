@@ -129,18 +129,22 @@ async function headerSize(path: string): Promise<Size> {
   }
 }
 
+/** The COCO file's info.description for `sam auto --coco` and `sam queue collect` (the same file for the same images). */
+export const AUTO_COCO_DESCRIPTION = 'automatic masks from sam auto (Segment Anything)';
+
 /**
  * Build the COCO dataset from the per-image outputs on disk, in input order, so a resumed run
- * gives a complete file. Images without a complete output (failed ones) are left out.
+ * gives a complete file. Images without a complete output (failed ones) are left out. `items`
+ * may be streamed (a queue's images, a page at a time).
  */
 export async function writeAutoCoco(
-  setup: AutoSetup,
-  items: readonly InputImage[],
+  setup: Pick<AutoSetup, 'outDir' | 'outputMode'>,
+  items: Iterable<InputImage> | AsyncIterable<InputImage>,
   cocoFile: string,
   info: Readonly<Record<string, string | number>>,
 ): Promise<{ images: number; annotations: number }> {
   async function* entries(): AsyncGenerator<CocoImageEntry> {
-    for (const item of items) {
+    for await (const item of items) {
       if (!(await isOutputComplete(setup.outDir, item.key, setup.outputMode, true))) continue;
       const records = await readCocoRecords(setup.outDir, item.key, setup.outputMode);
       const [height, width] = records.length > 0 ? records[0].segmentation.size : await headerSize(item.path);

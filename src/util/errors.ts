@@ -11,7 +11,9 @@ export type ErrorKind =
   /** An input file (image, embedding, mask) is missing, unreadable or does not fit. */
   | 'input'
   /** Writing an output failed. */
-  | 'output';
+  | 'output'
+  /** A service the run needs (Redis for the queue) cannot be reached. */
+  | 'service';
 
 export class SamError extends Error {
   readonly kind: ErrorKind;
@@ -26,6 +28,7 @@ export const usageError = (message: string): SamError => new SamError('usage', m
 export const modelError = (message: string, cause?: unknown): SamError => new SamError('model', message, { cause });
 export const inputError = (message: string, cause?: unknown): SamError => new SamError('input', message, { cause });
 export const outputError = (message: string, cause?: unknown): SamError => new SamError('output', message, { cause });
+export const serviceError = (message: string, cause?: unknown): SamError => new SamError('service', message, { cause });
 
 /** A Node system error (ENOENT, EACCES, ENOSPC, ...): it carries a string `code`. */
 export function isSystemError(err: unknown): err is NodeJS.ErrnoException {
