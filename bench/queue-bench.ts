@@ -48,7 +48,7 @@ async function usedMemory(client: Redis): Promise<number> {
   return Number(/used_memory:(\d+)/.exec(info)?.[1] ?? NaN);
 }
 
-export async function queueBench(p: QueueBenchPaths, pairs = 3): Promise<void> {
+export async function queueBench(p: QueueBenchPaths, pairs = 2): Promise<void> {
   const redis = await RedisServer.start();
   const work = mkdtempSync(path.join(tmpdir(), 'sam-queue-bench-'));
   try {
@@ -59,28 +59,42 @@ export async function queueBench(p: QueueBenchPaths, pairs = 3): Promise<void> {
     for (let i = 0; i < n; i++) copyFileSync(path.join(p.shared, 'images', i % 2 ? 'groceries.jpg' : 'dog.jpg'), path.join(photos, `p${String(i).padStart(2, '0')}.jpg`));
     const amg = ['--points-per-side', '16'];
     out(`\nqueue vs one process: ${n} photos (dog.jpg, groceries.jpg), ${p.model}, 16x16, default thresholds; ${pairs} pairs, order alternating`);
-    const rows = [['pair', 'sam auto --jobs 2 (s)', 'queue, 2 workers (s)', 'of which add (s)', 'queue / auto throughput']];
+    const rows = [['pair', 'sam auto --jobs 2 (s)', '2 x sam auto --shard (s)', 'queue, 2 workers (s)', 'of which add (s)', 'queue / auto', 'queue / shards']];
     const ratios: number[] = [];
+    const shardRatios: number[] = [];
     for (let i = 0; i < pairs; i++) {
       const autoOut = path.join(work, `auto-${i}`);
       const queueOut = path.join(work, `queue-${i}`);
       const doAuto = () => run([p.sam, 'auto', photos, '--model', p.model, '--out', autoOut, '--jobs', '2', '--threads', '1', '-q', ...amg], 'sam auto');
       const doQueue = () => queueRun(p, redis.url, `tp-${i}`, photos, queueOut, p.model, amg, 2);
+      // The queue's process layout without the queue: two processes of one thread, a static half each.
+      const doShards = async () => {
+        const t0 = performance.now();
+        await Promise.all(
+          [0, 1].map((k) => run([p.sam, 'auto', photos, '--model', p.model, '--out', path.join(work, `shard-${i}`), '--shard', `${k}/2`, '--threads', '1', '-q', ...amg], 'sam auto --shard')),
+        );
+        return (performance.now() - t0) / 1000;
+      };
       let autoS: number;
+      let shardS: number;
       let q: { addS: number; totalS: number };
       if (i % 2 === 0) {
         autoS = await doAuto();
+        shardS = await doShards();
         q = await doQueue();
       } else {
         q = await doQueue();
+        shardS = await doShards();
         autoS = await doAuto();
       }
       ratios.push(autoS / q.totalS);
-      rows.push([String(i + 1), autoS.toFixed(2), q.totalS.toFixed(2), q.addS.toFixed(2), (autoS / q.totalS).toFixed(3)]);
+      shardRatios.push(shardS / q.totalS);
+      rows.push([String(i + 1), autoS.toFixed(2), shardS.toFixed(2), q.totalS.toFixed(2), q.addS.toFixed(2), (autoS / q.totalS).toFixed(3), (shardS / q.totalS).toFixed(3)]);
     }
-    const sorted = [...ratios].sort((a, b) => a - b);
-    rows.push(['median', '', '', '', sorted[Math.floor(sorted.length / 2)].toFixed(3)]);
-    out(table(rows, { right: [1, 2, 3, 4] }));
+    const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)].toFixed(3);
+    rows.push(['median', '', '', '', '', median(ratios), median(shardRatios)]);
+    out(table(rows, { right: [1, 2, 3, 4, 5, 6] }));
+    out('(ratios are throughput: above 1 the queue is faster)');
 
     // 2. Overhead per job: the same tiny work with and without the queue.
     const tiny = path.join(work, 'tiny');
