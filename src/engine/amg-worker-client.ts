@@ -8,19 +8,14 @@ import type { AmgPredictor, MaskFilter, PointPrediction } from '../amg/predictor
 import type { StageTimes } from '../core/timings.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import type { RgbImage } from '../io/image.js';
-import { SamError } from '../util/errors.js';
-import type { WorkerError, WorkerInit, WorkerReady, WorkerRequest, WorkerResponse, WorkerResult } from './amg-worker-protocol.js';
+import { fromPlainError } from '../util/errors.js';
+import type { WorkerInit, WorkerReady, WorkerRequest, WorkerResponse, WorkerResult } from './amg-worker-protocol.js';
 import type { ImageState } from './predictor.js';
 
 type Pending = { resolve: (r: WorkerResult) => void; reject: (e: Error) => void; times?: StageTimes };
 /** A request without its id (added by send). */
 type Request = WorkerRequest extends infer R ? (R extends WorkerRequest ? Omit<R, 'id'> : never) : never;
 
-function fromWorkerError(e: WorkerError): Error {
-  const err = e.kind ? new SamError(e.kind, e.message) : new Error(e.message);
-  if (e.stack) err.stack = e.stack;
-  return err;
-}
 
 export class AmgWorker {
   private nextId = 1;
@@ -38,7 +33,7 @@ export class AmgWorker {
         if (p.times) for (const [stage, ms] of Object.entries(msg.times)) p.times.add(stage as keyof StageTimes['ms'], ms);
         p.resolve(msg.result);
       } else {
-        p.reject(fromWorkerError(msg.error));
+        p.reject(fromPlainError(msg.error));
       }
     });
     const fail = (err: Error): void => {
@@ -62,7 +57,7 @@ export class AmgWorker {
     if (!ready.ready) {
       // The worker's sessions have settled (amg-worker.ts): it can be stopped.
       await worker.terminate();
-      throw fromWorkerError(ready.error);
+      throw fromPlainError(ready.error);
     }
     return new AmgWorker(worker);
   }

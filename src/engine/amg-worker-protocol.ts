@@ -6,7 +6,7 @@ import type { PointPrediction, MaskFilter } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import type { Stage } from '../core/timings.js';
 import type { RgbImage } from '../io/image.js';
-import type { ErrorKind } from '../util/errors.js';
+import type { PlainError } from '../util/errors.js';
 import type { DecoderChoice } from './model.js';
 import type { ImageState } from './predictor.js';
 
@@ -27,11 +27,7 @@ export type WorkerRequest =
 
 export type WorkerResult = { cropSize: Size; inputSize: Size } | PointPrediction | null;
 
-export interface WorkerError {
-  kind?: ErrorKind;
-  message: string;
-  stack?: string;
-}
+export type WorkerError = PlainError;
 
 export type WorkerResponse =
   | { id: number; ok: true; result: WorkerResult; times: Partial<Record<Stage, number>> }

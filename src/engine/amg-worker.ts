@@ -7,19 +7,14 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { STAGES, StageTimes, type Stage } from '../core/timings.js';
-import { SamError } from '../util/errors.js';
+import { toPlainError } from '../util/errors.js';
 import { OnnxAmgPredictor } from './amg-predictor.js';
-import type { WorkerError, WorkerInit, WorkerReady, WorkerRequest, WorkerResponse, WorkerResult } from './amg-worker-protocol.js';
+import type { WorkerInit, WorkerReady, WorkerRequest, WorkerResponse, WorkerResult } from './amg-worker-protocol.js';
 import { SamModel } from './model.js';
 
 const port = parentPort;
 if (!port) throw new Error('amg-worker.ts runs as a worker thread');
 
-function toWorkerError(err: unknown): WorkerError {
-  if (err instanceof SamError) return { kind: err.kind, message: err.message, stack: err.stack };
-  if (err instanceof Error) return { message: err.message, stack: err.stack };
-  return { message: String(err) };
-}
 
 const init = workerData as WorkerInit;
 
@@ -79,7 +74,7 @@ async function start(): Promise<void> {
         }
         msg = { id: req.id, ok: true, result, times: drainTimes(req.image) };
       } catch (err) {
-        msg = { id: req.id, ok: false, error: toWorkerError(err) };
+        msg = { id: req.id, ok: false, error: toPlainError(err) };
       }
       port!.postMessage(msg, transfer);
     });
@@ -87,4 +82,4 @@ async function start(): Promise<void> {
   port!.postMessage({ ready: true } satisfies WorkerReady);
 }
 
-start().catch((err: unknown) => port.postMessage({ ready: false, error: toWorkerError(err) } satisfies WorkerReady));
+start().catch((err: unknown) => port.postMessage({ ready: false, error: toPlainError(err) } satisfies WorkerReady));

@@ -3,7 +3,7 @@
  * thread (job-thread.ts: the model and `sam auto`'s per-image code). Plain data only.
  */
 import type { DecoderChoice } from '../engine/model.js';
-import type { ErrorKind } from '../util/errors.js';
+import type { PlainError } from '../util/errors.js';
 import type { QueueSettings } from './settings.js';
 
 export interface JobThreadInit {
@@ -30,11 +30,7 @@ export interface ImageOutcome {
   ms: number;
 }
 
-export interface ThreadError {
-  kind?: ErrorKind;
-  message: string;
-  stack?: string;
-}
+export type ThreadError = PlainError;
 
 export type ImageResponse = { id: number; ok: true; outcome: ImageOutcome } | { id: number; ok: false; error: ThreadError };
 

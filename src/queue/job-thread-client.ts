@@ -1,13 +1,8 @@
 /** The main-thread side of job-thread.ts: one request per image, answered when its outputs are written. */
 import { Worker } from 'node:worker_threads';
-import { SamError } from '../util/errors.js';
-import type { ImageOutcome, ImageResponse, JobThreadInit, ThreadError, ThreadReady } from './job-protocol.js';
+import { fromPlainError } from '../util/errors.js';
+import type { ImageOutcome, ImageResponse, JobThreadInit, ThreadReady } from './job-protocol.js';
 
-function fromThreadError(e: ThreadError): Error {
-  const err = e.kind ? new SamError(e.kind, e.message) : new Error(e.message);
-  if (e.stack) err.stack = e.stack;
-  return err;
-}
 
 export class JobThread {
   private nextId = 1;
@@ -25,7 +20,7 @@ export class JobThread {
       if (!p) return;
       this.pending.delete(msg.id);
       if (msg.ok) p.resolve(msg.outcome);
-      else p.reject(fromThreadError(msg.error));
+      else p.reject(fromPlainError(msg.error));
     });
     const fail = (err: Error): void => {
       if (this.failure) return;
@@ -49,7 +44,7 @@ export class JobThread {
     });
     if (!ready.ready) {
       await worker.terminate();
-      throw fromThreadError(ready.error);
+      throw fromPlainError(ready.error);
     }
     return new JobThread(worker, onDeath);
   }

@@ -11,19 +11,14 @@ import { SamModel } from '../engine/model.js';
 import { outputPathFor } from '../output/records.js';
 import { autoImage, autoSetup, type AutoSetup } from '../pipeline/auto.js';
 import { removeStaleTemps } from '../util/atomic.js';
-import { SamError } from '../util/errors.js';
-import type { ImageRequest, ImageResponse, JobThreadInit, ThreadError, ThreadReady } from './job-protocol.js';
+import { toPlainError } from '../util/errors.js';
+import type { ImageRequest, ImageResponse, JobThreadInit, ThreadReady } from './job-protocol.js';
 import { loadAmgOptions } from './settings.js';
 
 const port = parentPort;
 if (!port) throw new Error('job-thread.ts runs as a worker thread');
 const init = workerData as JobThreadInit;
 
-function toThreadError(err: unknown): ThreadError {
-  if (err instanceof SamError) return { kind: err.kind, message: err.message, stack: err.stack };
-  if (err instanceof Error) return { message: err.message, stack: err.stack };
-  return { message: String(err) };
-}
 
 async function start(): Promise<{ setup: AutoSetup; engine?: AmgWorker }> {
   const s = init.settings;
@@ -67,7 +62,7 @@ async function main(): Promise<void> {
   try {
     ctx = await start();
   } catch (err) {
-    port!.postMessage({ ready: false, error: toThreadError(err) } satisfies ThreadReady);
+    port!.postMessage({ ready: false, error: toPlainError(err) } satisfies ThreadReady);
     return;
   }
   port!.on('message', (req: ImageRequest | 'close') => {
@@ -83,7 +78,7 @@ async function main(): Promise<void> {
         const r = await autoImage(ctx.setup, { key: req.key, path: req.path });
         msg = { id: req.id, ok: true, outcome: { status: r.status, masks: r.masks, ms: performance.now() - started } };
       } catch (err) {
-        msg = { id: req.id, ok: false, error: toThreadError(err) };
+        msg = { id: req.id, ok: false, error: toPlainError(err) };
       }
       port!.postMessage(msg);
     })();

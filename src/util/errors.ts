@@ -40,3 +40,23 @@ export function errorMessage(err: unknown): string {
   const text = err instanceof Error ? err.message : String(err);
   return text.split('\n')[0].trim();
 }
+
+/** An error as plain data, to cross a worker-thread boundary (structured clone drops SamError's class). */
+export interface PlainError {
+  kind?: ErrorKind;
+  message: string;
+  stack?: string;
+}
+
+export function toPlainError(err: unknown): PlainError {
+  if (err instanceof SamError) return { kind: err.kind, message: err.message, stack: err.stack };
+  if (err instanceof Error) return { message: err.message, stack: err.stack };
+  return { message: String(err) };
+}
+
+/** The error again on this side: a SamError of its kind, else a plain Error (a bug), stack kept. */
+export function fromPlainError(e: PlainError): Error {
+  const err = e.kind ? new SamError(e.kind, e.message) : new Error(e.message);
+  if (e.stack) err.stack = e.stack;
+  return err;
+}
