@@ -21,6 +21,8 @@ export interface ImageRequest {
   id: number;
   key: string;
   path: string;
+  /** Taken before (a retry, or a stalled job whose worker died): its temps may be left over. */
+  redelivered: boolean;
 }
 
 export interface ImageOutcome {

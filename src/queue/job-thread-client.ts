@@ -49,12 +49,12 @@ export class JobThread {
     return new JobThread(worker, onDeath);
   }
 
-  run(key: string, path: string): Promise<ImageOutcome> {
+  run(key: string, path: string, redelivered: boolean): Promise<ImageOutcome> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, key, path });
+      this.worker.postMessage({ id, key, path, redelivered });
     });
   }
 

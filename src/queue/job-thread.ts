@@ -74,7 +74,8 @@ async function main(): Promise<void> {
       const started = performance.now();
       let msg: ImageResponse;
       try {
-        await removeImageTemps(ctx.setup, req.key);
+        // Only a redelivered job can have a dead writer's temps: a first take skips the folder scan.
+        if (req.redelivered) await removeImageTemps(ctx.setup, req.key);
         const r = await autoImage(ctx.setup, { key: req.key, path: req.path });
         msg = { id: req.id, ok: true, outcome: { status: r.status, masks: r.masks, ms: performance.now() - started } };
       } catch (err) {

@@ -102,7 +102,7 @@ export async function runWorker(o: WorkerRunOptions): Promise<WorkerSummary> {
         throw new DelayedError();
       }
       try {
-        return await jobThread.run(job.data.key, imagePathOf(job.data, inputRoot));
+        return await jobThread.run(job.data.key, imagePathOf(job.data, inputRoot), job.attemptsStarted > 1);
       } catch (err) {
         // A bad image fails at once, with its message; anything else (I/O, a full disk) is retried with backoff.
         if (err instanceof SamError && err.kind === 'input') throw new UnrecoverableError(err.message);
