@@ -8,7 +8,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeScene, type Scene } from '../fixtures/synthetic.js';
-import { decodeRle, rleToString } from '../src/core/rle.js';
+import { decodeRle, rleToBbox, rleToString } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord, UncompressedRle } from '../src/core/types.js';
 import { METADATA_HEADER } from '../src/output/records.js';
 import { fixtureImage, fixtureModel, maskIou, runSam, SAM_BIN, tempDir, type CliResult } from './helpers/cli.js';
@@ -66,6 +66,12 @@ function samBbox(mask: Uint8Array, w: number): number[] {
     y1 = Math.max(y1, y);
   });
   return x1 < 0 ? [0, 0, 0, 0] : [x0, y0, x1 - x0, y1 - y0];
+}
+
+/** COCO's tight box of a row-major mask: [x, y, w, h] with w, h the pixel extent. */
+function tightBbox(mask: Uint8Array, w: number): number[] {
+  const [x, y, bw, bh] = samBbox(mask, w);
+  return mask.includes(1) ? [x, y, bw + 1, bh + 1] : [0, 0, 0, 0];
 }
 
 /** Every entry under `dir`, as '/'-separated relative paths. */
@@ -166,9 +172,10 @@ describe('sam auto on flat-coloured shapes', () => {
         expect([mask.h, mask.w]).toEqual([img.height, img.width]);
         expect(sameMask(mask.data, decodeRle(records[k].segmentation).data)).toBe(true);
         expect(a.area).toBe(mask.data.reduce((s, v) => s + v, 0));
-        // Documented: SAM's XYWH (w = x1 - x0 of the inclusive-max box), as in the per-image file.
-        expect(a.bbox).toEqual(samBbox(mask.data, img.width));
-        expect(a.bbox).toEqual(records[k].bbox);
+        // COCO's tight box (pycocotools toBbox: w = max - min + 1); the per-image file keeps SAM's box.
+        expect(a.bbox).toEqual(tightBbox(mask.data, img.width));
+        expect(a.bbox).toEqual(rleToBbox(a.segmentation));
+        expect(records[k].bbox).toEqual(samBbox(mask.data, img.width));
         expect(a.predicted_iou).toBe(records[k].predicted_iou);
         expect(a.stability_score).toBe(records[k].stability_score);
         expect(a.point_coords).toEqual(records[k].point_coords);

@@ -5,6 +5,21 @@ export type BoxXywh = [number, number, number, number];
 /** [height, width]. */
 export type Size = [number, number];
 
+/** A point prompt in original image pixels. */
+export interface PromptPoint {
+  x: number;
+  y: number;
+  /** 1 foreground, 0 background. */
+  label: 0 | 1;
+}
+
+/** A COCO category (ids from 1: Datumaro/CVAT read 0 as "no label"). */
+export interface CocoCategory {
+  id: number;
+  name: string;
+  supercategory: string;
+}
+
 /** Uncompressed COCO RLE: column-major run lengths, starting with a run of zeros. */
 export interface UncompressedRle {
   size: Size;

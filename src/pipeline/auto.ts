@@ -20,7 +20,7 @@ import {
   writeRecordsJson,
   type OutputMode,
 } from '../output/records.js';
-import { writeCocoDataset, type CocoImageEntry } from '../output/coco.js';
+import { COCO_CATEGORY, annotationOfRecord, writeCocoDataset, type CocoImageEntry } from '../output/coco.js';
 import { readEmbeddingFile } from '../io/embedding-file.js';
 import { loadImage } from '../io/image.js';
 import type { InputImage } from '../io/inputs.js';
@@ -120,7 +120,7 @@ export async function cleanStaleOutputs(setup: AutoSetup, cocoFile?: string): Pr
 }
 
 /** Upright [h, w] from the image header (EXIF orientation applied), without decoding pixels. */
-async function headerSize(path: string): Promise<Size> {
+export async function headerSize(path: string): Promise<Size> {
   try {
     const m = await sharp(path).metadata();
     return [m.autoOrient.height, m.autoOrient.width];
@@ -143,13 +143,19 @@ export async function writeAutoCoco(
   cocoFile: string,
   info: Readonly<Record<string, string | number>>,
 ): Promise<{ images: number; annotations: number }> {
+  let imageId = 0;
+  let annId = 0;
   async function* entries(): AsyncGenerator<CocoImageEntry> {
     for await (const item of items) {
       if (!(await isOutputComplete(setup.outDir, item.key, setup.outputMode, true))) continue;
       const records = await readCocoRecords(setup.outDir, item.key, setup.outputMode);
       const [height, width] = records.length > 0 ? records[0].segmentation.size : await headerSize(item.path);
-      yield { fileName: item.key + extname(item.path), width, height, records };
+      const id = ++imageId;
+      yield {
+        image: { id, file_name: item.key + extname(item.path), width, height },
+        annotations: records.map((r) => annotationOfRecord(r, ++annId, id)),
+      };
     }
   }
-  return writeCocoDataset(cocoFile, entries(), info);
+  return writeCocoDataset(cocoFile, entries(), { info, categories: [COCO_CATEGORY] });
 }
