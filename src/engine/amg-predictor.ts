@@ -20,7 +20,7 @@ const LOW_LEN = LOW_RES_LENGTH;
  * byte for byte). points_per_batch keeps its meaning (how many prompts the generator hands over
  * at once); this only splits the ORT calls.
  */
-const DECODER_CHUNK = 4;
+export const DECODER_CHUNK = 4;
 /**
  * Prompts per split-decoder stage-1 call (stage 2 takes the rows of one stage-1 call that pass the
  * filter). Stage 1 keeps transformer_src, 4 MiB a prompt, until stage 2 has read it; see README

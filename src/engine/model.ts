@@ -367,7 +367,23 @@ export class SamModel {
     }
     return batched ?? this.decoder();
   }
+  /**
+   * The decoder for many prompts of one image (`sam segment --prompts`). 'auto': the manifest's
+   * batched decoder, else the main one (batched or not); 'batched' requires a dynamic prompt
+   * batch; 'single' is the main decoder (the caller then makes one call per prompt).
+   */
+  async promptDecoder(choice: PromptDecoderChoice = 'auto'): Promise<DecoderSession> {
+    if (choice === 'single') return this.decoder();
+    const batched = (await this.batchedDecoder()) ?? (await this.decoder());
+    if (choice === 'batched' && !batched.batched) {
+      throw modelError(`${this.dir}: no batched decoder (manifest "batchedDecoder", or a decoder with a dynamic batch); convert the model with 'sam models convert' or drop --decoder batched`);
+    }
+    return batched;
+  }
 }
+
+/** Which decoder `sam segment --prompts` uses: see SamModel.promptDecoder. */
+export type PromptDecoderChoice = 'auto' | 'single' | 'batched';
 
 /** Which decoder `sam auto` uses: see SamModel.amgDecoder. */
 export type DecoderChoice = 'auto' | 'single' | 'batched' | 'split';

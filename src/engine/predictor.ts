@@ -2,7 +2,7 @@ import { EMBEDDING_DIMS, IMAGE_SIZE, INT8_MODEL_ID_SUFFIX, LOW_RES_LENGTH } from
 import { createUpscaler } from '../core/upscale.js';
 import * as ort from 'onnxruntime-node';
 import { applyCoords } from '../core/transforms.js';
-import type { BoxXyxy, Size } from '../core/types.js';
+import type { BoxXyxy, PromptPoint, Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
 import type { EmbeddingRecord } from '../io/embedding-file.js';
 import { preprocess, type RgbImage } from '../io/image.js';
@@ -11,12 +11,6 @@ import type { DecoderSession, SamModel } from './model.js';
 /** Point label values of the official decoder. */
 export const LABEL = { background: 0, foreground: 1, boxTopLeft: 2, boxBottomRight: 3, padding: -1 } as const;
 
-export interface PromptPoint {
-  x: number;
-  y: number;
-  /** 1 foreground, 0 background. */
-  label: 0 | 1;
-}
 
 export interface Prompt {
   /** In original image pixels. */
@@ -78,6 +72,49 @@ export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRec
   return { embeddings: rec.embeddings, originalSize: rec.originalSize, inputSize: rec.inputSize };
 }
 
+/** Why a prompt cannot be decoded on an image of this size (outside it, an empty box, nothing), or undefined. */
+export function promptProblem(prompt: Prompt, [h, w]: Size): string | undefined {
+  const inside = (x: number, y: number) => Number.isFinite(x) && Number.isFinite(y) && x >= 0 && y >= 0 && x <= w && y <= h;
+  for (const p of prompt.points ?? []) {
+    if (!inside(p.x, p.y)) return `point ${p.x},${p.y} is outside the ${w}x${h} image; give x in 0..${w} and y in 0..${h}`;
+  }
+  if (prompt.box) {
+    const [x0, y0, x1, y1] = prompt.box;
+    if (!inside(x0, y0) || !inside(x1, y1)) return `box ${prompt.box.join(',')} is outside the ${w}x${h} image; clip it to 0,0,${w},${h}`;
+    if (!(x1 > x0 && y1 > y0)) return `box ${prompt.box.join(',')} is empty; give x0,y0,x1,y1 with x1 > x0 and y1 > y0`;
+  }
+  if ((prompt.points ?? []).length === 0 && !prompt.box && !prompt.maskInput) return 'no prompt; give --points, --box or --mask-input';
+  return undefined;
+}
+
+/**
+ * The decoder's point_coords [N, 2] (in the 1024 frame) and point_labels [N] of one prompt, as
+ * SamPredictor.predict builds them: points, then the box corners (labels 2, 3); without a box one
+ * padding point (0, 0) with label −1, left untransformed.
+ */
+export function promptArrays(prompt: Pick<Prompt, 'points' | 'box'>, originalSize: Size): { coords: Float32Array; labels: Float32Array } {
+  const points = prompt.points ?? [];
+  const n = points.length + (prompt.box ? 2 : 1);
+  const coords = new Float32Array(n * 2);
+  const labels = new Float32Array(n);
+  points.forEach((p, i) => {
+    coords[2 * i] = p.x;
+    coords[2 * i + 1] = p.y;
+    labels[i] = p.label;
+  });
+  const k = points.length;
+  if (prompt.box) {
+    coords.set(prompt.box, 2 * k);
+    labels[k] = LABEL.boxTopLeft;
+    labels[k + 1] = LABEL.boxBottomRight;
+  } else {
+    labels[k] = LABEL.padding;
+  }
+  const real = prompt.box ? n : n - 1;
+  coords.set(applyCoords(coords.subarray(0, 2 * real), originalSize), 0);
+  return { coords, labels };
+}
+
 /**
  * Prompted prediction, as SamPredictor.predict with the ONNX decoder: points then box corners
  * (labels 2, 3); without a box one padding point (0, 0) with label −1 is appended.
@@ -93,37 +130,11 @@ export class SamPredictor {
 
   async predict(prompt: Prompt, multimask: boolean): Promise<Prediction> {
     const [h, w] = this.state.originalSize;
-    const points = prompt.points ?? [];
-    const inside = (x: number, y: number) => Number.isFinite(x) && Number.isFinite(y) && x >= 0 && y >= 0 && x <= w && y <= h;
-    for (const p of points) {
-      if (!inside(p.x, p.y)) throw inputError(`point ${p.x},${p.y} is outside the ${w}x${h} image; give x in 0..${w} and y in 0..${h}`);
-    }
-    if (prompt.box) {
-      const [x0, y0, x1, y1] = prompt.box;
-      if (!inside(x0, y0) || !inside(x1, y1)) throw inputError(`box ${prompt.box.join(',')} is outside the ${w}x${h} image; clip it to 0,0,${w},${h}`);
-      if (!(x1 > x0 && y1 > y0)) throw inputError(`box ${prompt.box.join(',')} is empty; give x0,y0,x1,y1 with x1 > x0 and y1 > y0`);
-    }
-    if (points.length === 0 && !prompt.box && !prompt.maskInput) throw inputError('no prompt; give --points, --box or --mask-input');
+    const bad = promptProblem(prompt, this.state.originalSize);
+    if (bad) throw inputError(bad);
 
-    const n = points.length + (prompt.box ? 2 : 1);
-    const coords = new Float32Array(n * 2);
-    const labels = new Float32Array(n);
-    points.forEach((p, i) => {
-      coords[2 * i] = p.x;
-      coords[2 * i + 1] = p.y;
-      labels[i] = p.label;
-    });
-    const k = points.length;
-    if (prompt.box) {
-      coords.set(prompt.box, 2 * k);
-      labels[k] = LABEL.boxTopLeft;
-      labels[k + 1] = LABEL.boxBottomRight;
-    } else {
-      labels[k] = LABEL.padding;
-    }
-    // Padding point stays at (0, 0): transform only real points and box corners.
-    const real = prompt.box ? n : n - 1;
-    coords.set(applyCoords(coords.subarray(0, 2 * real), this.state.originalSize), 0);
+    const { coords, labels } = promptArrays(prompt, this.state.originalSize);
+    const n = labels.length;
 
     // The official export crops its 1024² upscale to round(side * 1024 / long side), which is 0 for
     // a side under 1/2048 of the other (e.g. 20000x3); ORT's Resize then fails. Such images get

@@ -1,0 +1,85 @@
+/**
+ * Many prompts of one image (a dataset's boxes) through the decoder: prompts with the same number
+ * of points share batched-decoder calls of DECODER_CHUNK rows; a single-prompt decoder gets one
+ * call each. Only the low-res logits are fetched: each prompt's chosen mask is upscaled here
+ * (core/upscale.ts, sam.py postprocess_masks) and thresholded at 0 into one reused buffer, so
+ * memory holds one image-sized plane, never [B, M, H, W].
+ */
+import * as ort from 'onnxruntime-node';
+import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
+import type { BinaryMask, BoxXyxy, PromptPoint } from '../core/types.js';
+import { createUpscaler } from '../core/upscale.js';
+import { DECODER_CHUNK } from './amg-predictor.js';
+import type { DecoderSession } from './model.js';
+import { promptArrays, type ImageState } from './predictor.js';
+
+export interface BatchPrompt {
+  points?: PromptPoint[];
+  box?: BoxXyxy;
+}
+
+export interface PromptDecodeOptions {
+  /**
+   * Multimask output (best of decoder masks 1..3 by predicted IoU) or mask 0. Default per prompt,
+   * as SAM recommends: multimask for a lone point, single mask otherwise.
+   */
+  multimask?: boolean;
+  /** Rows per batched call (default DECODER_CHUNK); 1 forces one call per prompt. */
+  chunk?: number;
+}
+
+/** The mask of prompt `index`: `mask.data` is reused for the next prompt, so consume it at once. */
+export type OnPromptMask = (index: number, mask: BinaryMask, predictedIou: number) => void | Promise<void>;
+
+export async function decodePrompts(
+  decoder: DecoderSession,
+  state: ImageState,
+  prompts: readonly BatchPrompt[],
+  onMask: OnPromptMask,
+  options: PromptDecodeOptions = {},
+): Promise<void> {
+  const [h, w] = state.originalSize;
+  const embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
+  const chunk = decoder.batched ? Math.max(1, options.chunk ?? DECODER_CHUNK) : 1;
+  const upscale = createUpscaler(state.inputSize, state.originalSize);
+  const logits = new Float32Array(h * w);
+  const mask: BinaryMask = { data: new Uint8Array(h * w), h, w };
+
+  // Rows of one call must have the same number of points: group by it, keep input order within.
+  const groups = new Map<number, number[]>();
+  prompts.forEach((p, i) => {
+    const n = (p.points?.length ?? 0) + (p.box ? 2 : 1);
+    groups.set(n, [...(groups.get(n) ?? []), i]);
+  });
+  for (const [n, indices] of groups) {
+    for (let start = 0; start < indices.length; start += chunk) {
+      const rows = indices.slice(start, start + chunk);
+      const coords = new Float32Array(rows.length * n * 2);
+      const labels = new Float32Array(rows.length * n);
+      rows.forEach((idx, r) => {
+        const a = promptArrays(prompts[idx], state.originalSize);
+        coords.set(a.coords, r * n * 2);
+        labels.set(a.labels, r * n);
+      });
+      // origSize [1, 1]: a decoder with in-graph upscaling computes `masks` whatever is fetched; keep it tiny.
+      const res = await decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch: rows.length, numPoints: n, origSize: [1, 1] }, ['low_res_masks']);
+      const m = res.numMasks;
+      for (let r = 0; r < rows.length; r++) {
+        const idx = rows[r];
+        const p = prompts[idx];
+        const multi = options.multimask ?? ((p.points?.length ?? 0) === 1 && !p.box);
+        let best = 0;
+        if (m > 1 && multi) {
+          best = 1;
+          for (let k = 2; k < m; k++) if (res.iouPredictions[r * m + k] > res.iouPredictions[r * m + best]) best = k;
+        }
+        const at = (r * m + best) * LOW_RES_LENGTH;
+        // floor 0: pixels certainly below the mask threshold are not computed (same mask).
+        upscale(res.lowResMasks!.subarray(at, at + LOW_RES_LENGTH), logits, 0);
+        const d = mask.data;
+        for (let i = 0; i < d.length; i++) d[i] = logits[i] > 0 ? 1 : 0;
+        await onMask(idx, mask, res.iouPredictions[r * m + best]);
+      }
+    }
+  }
+}
