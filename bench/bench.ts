@@ -2,7 +2,8 @@
  * `npm run bench [-- --quick] [-- --model DIR]`: figures for `sam auto`'s decoder paths, printed,
  * never asserted (a benchmark is not a test). `npm run bench -- --encoder [--skip-vit-h]`: the
  * image encoders instead (encoder-bench.ts); `-- --queue`: the queue against one process
- * (queue-bench.ts). In one run, on the same images:
+ * (queue-bench.ts); `-- --prompts`: box-to-mask, batched vs one decoder call per box
+ * (prompts-bench.ts). In one run, on the same images:
  *
  * 1. the machine: cores and onnxruntime's MatMul GFLOP/s (a 2048³ product, and the shapes the
  *    decoders multiply), the compute limit the decoder is measured against;
@@ -33,6 +34,7 @@ import { convertCheckpoint } from '../src/convert/convert.js';
 import { table } from '../src/util/format.js';
 import { runAuto, type CliRun } from './cli-runs.js';
 import { queueBench } from './queue-bench.js';
+import { promptsBench } from './prompts-bench.js';
 import { encoderBench } from './encoder-bench.js';
 import { matmulGflops, profileCall, type CallProfile } from './ort-profile.js';
 
@@ -159,7 +161,7 @@ function printRuns(title: string, runs: CliRun[], gridPrompts: number, base?: Cl
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' }, queue: { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' }, queue: { type: 'boolean' }, prompts: { type: 'boolean' } } });
   if (values.encoder) {
     out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
     await encoderBench({ repo: REPO, shared: SHARED, cache: path.join(CACHE, 'encoders'), sam: SAM }, { skipVitH: values['skip-vit-h'] ?? false });
@@ -169,6 +171,12 @@ async function main(): Promise<void> {
     out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
     const fx = await fixtures();
     await queueBench({ sam: SAM, model: await vitT(values.model), oracle: path.join(fx.models, 'oracle'), shared: SHARED, smallImage: path.join(FIXTURES, 'images', 'small-96x64.png') });
+    return;
+  }
+  if (values.prompts) {
+    out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
+    const fx = await fixtures();
+    await promptsBench({ sam: SAM, model: await vitT(values.model), oracle: path.join(fx.models, 'oracle'), photo: await photo2250(), scene: path.join(FIXTURES, 'images', 'wide-640x360.png') });
     return;
   }
   const model = await vitT(values.model);

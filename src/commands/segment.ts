@@ -101,8 +101,8 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
     .option('--names <list|file>', 'with YOLO labels: class names "a,b,c" or a data.yaml (default: data.yaml/dataset.yaml/classes.txt beside or above the labels)')
     .option('--embeddings <dir>', "with --prompts: reuse 'sam embed' files <dir>/<key>.safetensors where present")
     .addOption(
-      new Option('--decoder <which>', 'with --prompts: auto (batched decoder when the model has one), batched (require it), single (one decoder call per prompt; same masks)')
-        .choices(['auto', 'single', 'batched'])
+      new Option('--decoder <which>', "with --prompts: auto (the model's split decoder, else its batched one), split, batched (require theirs), single (one decoder call per prompt); same masks on every path")
+        .choices(['auto', 'single', 'batched', 'split'])
         .default('auto'),
     )
     .option('-j, --jobs <n>', 'with --prompts: images in flight at once', parseIntOption('--jobs', 1, 64), 1)

@@ -368,12 +368,19 @@ export class SamModel {
     return batched ?? this.decoder();
   }
   /**
-   * The decoder for many prompts of one image (`sam segment --prompts`). 'auto': the manifest's
-   * batched decoder, else the main one (batched or not); 'batched' requires a dynamic prompt
-   * batch; 'single' is the main decoder (the caller then makes one call per prompt).
+   * The decoder for many prompts of one image (`sam segment --prompts`). 'auto': the split
+   * decoder, else the manifest's batched decoder, else the main one (batched or not); 'split' and
+   * 'batched' require theirs; 'single' is the main decoder (the caller then makes one call per prompt).
    */
-  async promptDecoder(choice: PromptDecoderChoice = 'auto'): Promise<DecoderSession> {
+  async promptDecoder(choice: PromptDecoderChoice = 'auto'): Promise<DecoderSession | SplitDecoderSession> {
     if (choice === 'single') return this.decoder();
+    if (choice === 'split' || choice === 'auto') {
+      const split = await this.splitDecoder();
+      if (split) return split;
+      if (choice === 'split') {
+        throw modelError(`${this.dir}: no split decoder (manifest "splitDecoder"); run 'sam models convert' on the checkpoint again to add it, or drop --decoder split`);
+      }
+    }
     const batched = (await this.batchedDecoder()) ?? (await this.decoder());
     if (choice === 'batched' && !batched.batched) {
       throw modelError(`${this.dir}: no batched decoder (manifest "batchedDecoder", or a decoder with a dynamic batch); convert the model with 'sam models convert' or drop --decoder batched`);
@@ -383,7 +390,7 @@ export class SamModel {
 }
 
 /** Which decoder `sam segment --prompts` uses: see SamModel.promptDecoder. */
-export type PromptDecoderChoice = 'auto' | 'single' | 'batched';
+export type PromptDecoderChoice = 'auto' | 'single' | 'batched' | 'split';
 
 /** Which decoder `sam auto` uses: see SamModel.amgDecoder. */
 export type DecoderChoice = 'auto' | 'single' | 'batched' | 'split';

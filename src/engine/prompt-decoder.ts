@@ -1,7 +1,8 @@
 /**
  * Many prompts of one image (a dataset's boxes) through the decoder: prompts with the same number
  * of points share batched-decoder calls of DECODER_CHUNK rows; a single-prompt decoder gets one
- * call each. Only the low-res logits are fetched: each prompt's chosen mask is upscaled here
+ * call each. The split decoder runs its image side once per image, then prompt side and mask side
+ * per chunk: the same logits as the batched decoder without redoing the prompt-independent work. Only the low-res logits are fetched: each prompt's chosen mask is upscaled here
  * (core/upscale.ts, sam.py postprocess_masks) and thresholded at 0 into one reused buffer, so
  * memory holds one image-sized plane, never [B, M, H, W].
  */
@@ -10,7 +11,8 @@ import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import type { BinaryMask, BoxXyxy, PromptPoint } from '../core/types.js';
 import { createUpscaler } from '../core/upscale.js';
 import { DECODER_CHUNK } from './amg-predictor.js';
-import type { DecoderSession } from './model.js';
+import { DecoderSession } from './model.js';
+import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 import { promptArrays, type ImageState } from './predictor.js';
 
 export interface BatchPrompt {
@@ -32,7 +34,7 @@ export interface PromptDecodeOptions {
 export type OnPromptMask = (index: number, mask: BinaryMask, predictedIou: number) => void | Promise<void>;
 
 export async function decodePrompts(
-  decoder: DecoderSession,
+  decoder: DecoderSession | SplitDecoderSession,
   state: ImageState,
   prompts: readonly BatchPrompt[],
   onMask: OnPromptMask,
@@ -40,7 +42,21 @@ export async function decodePrompts(
 ): Promise<void> {
   const [h, w] = state.originalSize;
   const embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
-  const chunk = decoder.batched ? Math.max(1, options.chunk ?? DECODER_CHUNK) : 1;
+  const single = decoder instanceof DecoderSession;
+  const chunk = !single || decoder.batched ? Math.max(1, options.chunk ?? DECODER_CHUNK) : 1;
+  let imageSide: SplitImageSide | undefined;
+  /** [rows, M] IoUs and [rows, M, 256, 256] logits of one call. */
+  const run = async (coords: Float32Array, labels: Float32Array, rows: number, n: number): Promise<{ iou: Float32Array; low: Float32Array; m: number }> => {
+    if (single) {
+      // origSize [1, 1]: a decoder with in-graph upscaling computes `masks` whatever is fetched; keep it tiny.
+      const res = await decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch: rows, numPoints: n, origSize: [1, 1] }, ['low_res_masks']);
+      return { iou: res.iouPredictions, low: res.lowResMasks!, m: res.numMasks };
+    }
+    imageSide ??= await decoder.imageSide(embeddings);
+    const stage1 = await decoder.promptSide(imageSide, coords, labels, rows, n);
+    const low = await decoder.maskSide(stage1, Int32Array.from({ length: rows }, (_, i) => i));
+    return { iou: stage1.iouPredictions, low, m: stage1.numMasks };
+  };
   const upscale = createUpscaler(state.inputSize, state.originalSize);
   const logits = new Float32Array(h * w);
   const mask: BinaryMask = { data: new Uint8Array(h * w), h, w };
@@ -61,9 +77,8 @@ export async function decodePrompts(
         coords.set(a.coords, r * n * 2);
         labels.set(a.labels, r * n);
       });
-      // origSize [1, 1]: a decoder with in-graph upscaling computes `masks` whatever is fetched; keep it tiny.
-      const res = await decoder.run({ embeddings, pointCoords: coords, pointLabels: labels, batch: rows.length, numPoints: n, origSize: [1, 1] }, ['low_res_masks']);
-      const m = res.numMasks;
+      const res = await run(coords, labels, rows.length, n);
+      const m = res.m;
       for (let r = 0; r < rows.length; r++) {
         const idx = rows[r];
         const p = prompts[idx];
@@ -71,14 +86,14 @@ export async function decodePrompts(
         let best = 0;
         if (m > 1 && multi) {
           best = 1;
-          for (let k = 2; k < m; k++) if (res.iouPredictions[r * m + k] > res.iouPredictions[r * m + best]) best = k;
+          for (let k = 2; k < m; k++) if (res.iou[r * m + k] > res.iou[r * m + best]) best = k;
         }
         const at = (r * m + best) * LOW_RES_LENGTH;
         // floor 0: pixels certainly below the mask threshold are not computed (same mask).
-        upscale(res.lowResMasks!.subarray(at, at + LOW_RES_LENGTH), logits, 0);
+        upscale(res.low.subarray(at, at + LOW_RES_LENGTH), logits, 0);
         const d = mask.data;
         for (let i = 0; i < d.length; i++) d[i] = logits[i] > 0 ? 1 : 0;
-        await onMask(idx, mask, res.iouPredictions[r * m + best]);
+        await onMask(idx, mask, res.iou[r * m + best]);
       }
     }
   }

@@ -18,6 +18,7 @@ import type { InputImage } from '../io/inputs.js';
 import type { PromptedImage, PromptSpec } from '../io/prompts.js';
 import { writeCocoDataset, type CocoAnnotation, type CocoImageEntry } from '../output/coco.js';
 import type { DecoderSession, SamModel } from '../engine/model.js';
+import type { SplitDecoderSession } from '../engine/split-decoder.js';
 import { decodePrompts, type BatchPrompt } from '../engine/prompt-decoder.js';
 import { embedImage, imageStateFromEmbedding, promptProblem, type ImageState } from '../engine/predictor.js';
 import { exists } from '../util/fs.js';
@@ -26,7 +27,7 @@ import { headerSize } from './auto.js';
 export interface PromptedSetup {
   model: SamModel;
   /** The decoder the prompts go through (batched when the model has one, see SamModel.promptDecoder). */
-  decoder: DecoderSession;
+  decoder: DecoderSession | SplitDecoderSession;
   outDir: string;
   categories: readonly CocoCategory[];
   /** Folder of `sam embed` files `<key>.safetensors`, used when present. */
