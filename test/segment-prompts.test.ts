@@ -226,6 +226,21 @@ describe('sam segment --prompts on the oracle (boxes → masks)', () => {
     expect(bare.stderr).toMatch(/detection-results list.*--coco-images/);
   });
 
+  it('--shard i/n: disjoint shares that together cover every image', async () => {
+    const promptsFile = fresh('shard') + '.json';
+    writeBboxCoco(promptsFile);
+    const outs = [fresh('s0'), fresh('s1')];
+    for (const [i, out] of outs.entries()) {
+      const r = await runSam(['segment', imagesDir, '--prompts', promptsFile, '--model', fixtureModel('oracle-batched'), '--out', out, '--shard', `${i}/2`, '-q']);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const files = outs.map((o) => readdirSync(o, { recursive: true }).map(String).filter((f) => f.endsWith('.json')).sort());
+    expect(files[0].length).toBeGreaterThan(0);
+    expect(files[1].length).toBeGreaterThan(0);
+    expect(files[0].filter((f) => files[1].includes(f))).toEqual([]);
+    expect([...files[0], ...files[1]].sort()).toEqual(SCENES.map((s) => `${s}.json`).sort());
+  });
+
   it('bad prompts get one line each and the run carries on (exit 5); finished masks are written', async () => {
     const s = scenes.get('basic-320x240')!;
     const coco = {

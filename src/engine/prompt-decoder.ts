@@ -2,13 +2,16 @@
  * Many prompts of one image (a dataset's boxes) through the decoder: prompts with the same number
  * of points share batched-decoder calls of DECODER_CHUNK rows; a single-prompt decoder gets one
  * call each. The split decoder runs its image side once per image, then prompt side and mask side
- * per chunk: the same logits as the batched decoder without redoing the prompt-independent work. Only the low-res logits are fetched: each prompt's chosen mask is upscaled here
- * (core/upscale.ts, sam.py postprocess_masks) and thresholded at 0 into one reused buffer, so
- * memory holds one image-sized plane, never [B, M, H, W].
+ * per chunk: the same logits as the batched decoder without redoing the prompt-independent work.
+ * Only the low-res logits are fetched: each prompt's chosen mask is upscaled here (core/upscale.ts,
+ * sam.py postprocess_masks) and thresholded at 0 into one reused buffer, so memory holds one
+ * image-sized plane, never [B, M, H, W]. The upscaler skips pixels certainly below 0, and the
+ * threshold, area, box and RLE then cost the mask's extent, not the image's.
  */
 import * as ort from 'onnxruntime-node';
 import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
-import type { BinaryMask, BoxXyxy, PromptPoint } from '../core/types.js';
+import { RleEncoder, compactToCoco } from '../core/rle.js';
+import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle, PromptPoint } from '../core/types.js';
 import { createUpscaler } from '../core/upscale.js';
 import { DECODER_CHUNK } from './amg-predictor.js';
 import { DecoderSession } from './model.js';
@@ -30,8 +33,16 @@ export interface PromptDecodeOptions {
   chunk?: number;
 }
 
-/** The mask of prompt `index`: `mask.data` is reused for the next prompt, so consume it at once. */
-export type OnPromptMask = (index: number, mask: BinaryMask, predictedIou: number) => void | Promise<void>;
+export interface PromptMask {
+  segmentation: CocoRle;
+  area: number;
+  /** The tight box [x, y, w, h] (pycocotools toBbox; [0, 0, 0, 0] when empty). */
+  bbox: BoxXywh;
+  predictedIou: number;
+}
+
+/** Called once per prompt, in decoding order (grouped by point count), with the prompt's index. */
+export type OnPromptMask = (index: number, mask: PromptMask) => void | Promise<void>;
 
 export async function decodePrompts(
   decoder: DecoderSession | SplitDecoderSession,
@@ -60,6 +71,9 @@ export async function decodePrompts(
   const upscale = createUpscaler(state.inputSize, state.originalSize);
   const logits = new Float32Array(h * w);
   const mask: BinaryMask = { data: new Uint8Array(h * w), h, w };
+  const rle = new RleEncoder();
+  /** Inclusive box of the ones the buffer holds (the previous mask), or undefined when none. */
+  let last: [number, number, number, number] | undefined;
 
   // Rows of one call must have the same number of points: group by it, keep input order within.
   const groups = new Map<number, number[]>();
@@ -92,8 +106,29 @@ export async function decodePrompts(
         // floor 0: pixels certainly below the mask threshold are not computed (same mask).
         upscale(res.low.subarray(at, at + LOW_RES_LENGTH), logits, 0);
         const d = mask.data;
-        for (let i = 0; i < d.length; i++) d[i] = logits[i] > 0 ? 1 : 0;
-        await onMask(idx, mask, res.iou[r * m + best]);
+        // The buffer is zero but for the last mask's ones, all inside its box: clear that box.
+        if (last) for (let y = last[1]; y <= last[3]; y++) d.fill(0, y * w + last[0], y * w + last[2] + 1);
+        let [x0, y0, x1, y1, area] = [w, h, -1, -1, 0];
+        for (let y = 0; y < h; y++) {
+          const row = y * w;
+          const end = upscale.activeEnd[y];
+          for (let x = upscale.activeStart[y]; x < end; x++) {
+            if (logits[row + x] > 0) {
+              d[row + x] = 1;
+              area++;
+              if (x < x0) x0 = x;
+              if (x > x1) x1 = x;
+              if (y < y0) y0 = y;
+              y1 = y;
+            }
+          }
+        }
+        last = area > 0 ? [x0, y0, x1, y1] : undefined;
+        // An empty mask scans box [0, 0, 0, 0]: pixel (0, 0) is 0 then.
+        rle.scanInCrop(mask, [0, 0, w, h], [h, w], last ?? [0, 0, 0, 0]);
+        const segmentation: CocoRle = compactToCoco(rle.compact());
+        const bbox: BoxXywh = last ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : [0, 0, 0, 0];
+        await onMask(idx, { segmentation, area, bbox, predictedIou: res.iou[r * m + best] });
       }
     }
   }

@@ -7,7 +7,6 @@
  */
 import { open, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { rleToBbox, encodeMask } from '../core/rle.js';
 import type { BoxXyxy, CocoCategory, Size } from '../core/types.js';
 import { StageTimes } from '../core/timings.js';
 import { inputError } from '../util/errors.js';
@@ -127,22 +126,19 @@ export async function segmentPromptedImage(setup: PromptedSetup, { input, image:
               setup.decoder,
               state,
               todo.map((t) => t.prompt),
-              async (i, mask, iou) => {
+              async (i, mask) => {
                 const { spec: p, prompt } = todo[i];
-                const segmentation = encodeMask(mask);
-                let area = 0;
-                for (let k = 0; k < mask.data.length; k++) area += mask.data[k];
                 const a: PromptedAnnotation = {
                   id: p.annotationId,
                   image_id: spec.id,
                   category_id: p.categoryId,
                   category_name: names.get(p.categoryId) ?? String(p.categoryId),
-                  segmentation,
-                  area,
-                  bbox: rleToBbox(segmentation),
+                  segmentation: mask.segmentation,
+                  area: mask.area,
+                  bbox: mask.bbox,
                   iscrowd: p.iscrowd,
                   ...(p.score !== undefined ? { score: p.score } : {}),
-                  predicted_iou: iou,
+                  predicted_iou: mask.predictedIou,
                   prompt: {
                     ...(prompt.box ? { box: prompt.box } : {}),
                     ...(prompt.points ? { points: prompt.points.map((q) => [q.x, q.y, q.label] as [number, number, number]) } : {}),
