@@ -14,12 +14,13 @@ const ALLOWED: Record<string, readonly string[]> = {
   amg: ['core'],
   io: ['core', 'util'],
   output: ['core', 'io', 'util'],
+  export: ['core', 'io', 'output', 'util'],
   engine: ['core', 'amg', 'io', 'util'],
   convert: ['core', 'engine', 'util'],
   pipeline: ['core', 'amg', 'io', 'output', 'engine', 'util'],
   hub: ['core', 'engine', 'convert', 'util'],
   queue: ['core', 'amg', 'io', 'output', 'engine', 'pipeline', 'hub', 'util'],
-  commands: ['core', 'amg', 'io', 'output', 'engine', 'convert', 'pipeline', 'hub', 'queue', 'util'],
+  commands: ['core', 'amg', 'io', 'output', 'export', 'engine', 'convert', 'pipeline', 'hub', 'queue', 'util'],
 };
 /** Typed arrays in, typed arrays out: no fs, no onnxruntime, no sharp. */
 const PURE = new Set(['core', 'amg']);

@@ -7,6 +7,7 @@ import { registerQueue } from './queue.js';
 import { registerWorker } from './worker.js';
 import { EXIT, reportError } from './exit.js';
 import { registerSegment } from './segment.js';
+import { registerExport } from './export.js';
 
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('sam')
@@ -25,6 +26,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   registerModels(program);
   registerQueue(program);
   registerWorker(program, setExit);
+  registerExport(program, setExit);
   return program;
 }
 
