@@ -128,6 +128,23 @@ describe('sam segment --prompts on the oracle (boxes → masks)', () => {
     expect(perImage.map((a) => a.category_name)).toEqual(inDataset.map((a) => coco.categories.find((c) => c.id === a.category_id)!.name));
   });
 
+  it('sam export reads the per-image files: categories and names carry into YOLO labels', async () => {
+    const promptsFile = fresh('bbox-export') + '.json';
+    const input = writeBboxCoco(promptsFile);
+    const out = fresh('out');
+    expect((await runSam(['segment', imagesDir, '--prompts', promptsFile, '--model', fixtureModel('oracle-batched'), '--out', out, '-q'])).code).toBe(0);
+    const yolo = fresh('yolo-export');
+    const r = await runSam(['export', 'yolo', out, '--images', imagesDir, '--out', yolo, '-q']);
+    expect(r.code, r.stderr).toBe(0);
+    const yaml = readFileSync(join(yolo, 'data.yaml'), 'utf8');
+    for (const c of input.categories) expect(yaml).toContain(`${c.id - 1}: ${c.name}`);
+    const s = scenes.get('basic-320x240')!;
+    const classes = readFileSync(join(yolo, 'labels', 'basic-320x240.txt'), 'utf8').trim().split('\n').map((l) => Number(l.split(' ')[0]));
+    const want = input.annotations.filter((a) => a.image_id === 100).map((a) => a.category_id - 1);
+    expect(classes).toEqual(want);
+    expect(classes).toHaveLength(s.shapes.length);
+  });
+
   it('YOLO labels with a data.yaml: class + 1 is the category id, names from the yaml, masks match', async () => {
     const root = fresh('yolo');
     const labels = join(root, 'labels');
