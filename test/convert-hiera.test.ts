@@ -18,7 +18,6 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type CheckpointTensor, type StateDict } from '../src/convert/checkpoint.js';
 import { bicubicResize, buildSam2Encoder, sam2EncoderMacs } from '../src/convert/hiera-encoder.js';
@@ -33,6 +32,7 @@ import {
   type Sam2ModelType,
 } from '../src/convert/sam2-configs.js';
 import { decodeNpyFloat32 } from '../src/io/npy.js';
+import { loadImage, preprocessSam2 } from '../src/io/image.js';
 import { SamError } from '../src/util/errors.js';
 import { TOL, absErrors, sharedDir } from './helpers/golden.js';
 
@@ -110,67 +110,6 @@ function readNpyFloat32(file: string): { data: Float32Array; shape: number[] } {
   const arr = decodeNpyFloat32(readFileSync(file));
   if (!arr) throw new Error(`${file}: not a float32 .npy`);
   return arr;
-}
-
-/**
- * torchvision's antialiased bilinear resampling along one axis (PyTorch
- * _upsample_bilinear2d_aa, separable pass), in float32 like the CPU kernel: for output i,
- * center = scale·(i + 0.5), support = max(scale, 1), taps [xmin, xmin + xsize) with triangle
- * weights normalised to sum 1.
- */
-function aaLinearTaps(inSize: number, outSize: number): { xmin: number; w: Float32Array }[] {
-  const f = Math.fround;
-  const scale = f(inSize / outSize);
-  const support = scale >= 1 ? scale : 1;
-  const invscale = scale >= 1 ? f(1 / scale) : 1;
-  return Array.from({ length: outSize }, (_, i) => {
-    const center = f(scale * f(i + 0.5));
-    const xmin = Math.max(Math.trunc(f(center - support + 0.5)), 0);
-    const xsize = Math.min(Math.trunc(f(center + support + 0.5)), inSize) - xmin;
-    const w = new Float32Array(xsize);
-    let total = 0;
-    for (let j = 0; j < xsize; j++) {
-      const x = Math.abs(f(f(j + xmin - center + 0.5) * invscale));
-      w[j] = x < 1 ? 1 - x : 0;
-      total = f(total + w[j]);
-    }
-    if (total !== 0) for (let j = 0; j < xsize; j++) w[j] = f(w[j] / total);
-    return { xmin, w };
-  });
-}
-
-/** SAM2Transforms on an image file: ToTensor, Resize((size, size)) antialiased, Normalize; NCHW float32. */
-async function preprocessSam2(file: string, size = 1024): Promise<Float32Array> {
-  const f = Math.fround;
-  const { data, info } = await sharp(file).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  const { width: W, height: H } = info;
-  const mean = [0.485, 0.456, 0.406].map(f);
-  const std = [0.229, 0.224, 0.225].map(f);
-  const tx = aaLinearTaps(W, size);
-  const ty = aaLinearTaps(H, size);
-  const out = new Float32Array(3 * size * size);
-  const rows = new Float32Array(H * size);
-  for (let c = 0; c < 3; c++) {
-    // Horizontal pass: [H, W] → [H, size].
-    for (let y = 0; y < H; y++) {
-      for (let x = 0; x < size; x++) {
-        const { xmin, w } = tx[x];
-        let acc = 0;
-        for (let j = 0; j < w.length; j++) acc = f(acc + f(f(data[(y * W + xmin + j) * 3 + c] / 255) * w[j]));
-        rows[y * size + x] = acc;
-      }
-    }
-    // Vertical pass: [H, size] → [size, size], then normalise.
-    for (let y = 0; y < size; y++) {
-      const { xmin, w } = ty[y];
-      for (let x = 0; x < size; x++) {
-        let acc = 0;
-        for (let j = 0; j < w.length; j++) acc = f(acc + f(rows[(xmin + j) * size + x] * w[j]));
-        out[(c * size + y) * size + x] = f(f(acc - mean[c]) / std[c]);
-      }
-    }
-  }
-  return out;
 }
 
 /** A state dict holding only shapes (detection reads nothing else). */
@@ -452,7 +391,7 @@ describe('SAM 2.1 tiny image encoder (random weights, official PyTorch features 
   describe('(b) our float32 preprocessing of dog.jpg', () => {
     let input: Float32Array;
     beforeAll(async () => {
-      input = await preprocessSam2(path.join(sharedDir(), 'images', 'dog.jpg'));
+      input = preprocessSam2(await loadImage(path.join(sharedDir(), 'images', 'dog.jpg')));
     });
 
     it('reproduces the official preprocessed input to its float16 rounding', () => {

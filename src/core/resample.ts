@@ -135,3 +135,74 @@ export function resizeBilinearPil(data: Uint8Array, w: number, h: number, outW: 
   }
   return out;
 }
+
+/**
+ * Taps of torch's antialiased bilinear resize along one axis (aten upsample_bilinear2d_aa,
+ * align_corners=False): a triangle filter widened by the downscale factor, weights normalized to
+ * sum 1, all in float32 as torch computes them. Upscaling is plain bilinear with edge clamping.
+ */
+export function antialiasLinearTaps(inSize: number, outSize: number): { xmin: number; w: Float32Array }[] {
+  const f = Math.fround;
+  const scale = f(inSize / outSize);
+  const support = scale >= 1 ? scale : 1;
+  const invscale = scale >= 1 ? f(1 / scale) : 1;
+  return Array.from({ length: outSize }, (_, i) => {
+    const center = f(scale * f(i + 0.5));
+    const xmin = Math.max(Math.trunc(f(center - support + 0.5)), 0);
+    const xsize = Math.min(Math.trunc(f(center + support + 0.5)), inSize) - xmin;
+    const w = new Float32Array(xsize);
+    let total = 0;
+    for (let j = 0; j < xsize; j++) {
+      const x = Math.abs(f(f(j + xmin - center + 0.5) * invscale));
+      w[j] = x < 1 ? 1 - x : 0;
+      total = f(total + w[j]);
+    }
+    if (total !== 0) for (let j = 0; j < xsize; j++) w[j] = f(w[j] / total);
+    return { xmin, w };
+  });
+}
+
+/**
+ * SAM 2's transforms on 8-bit RGB (HWC, w×h): ToTensor (/255), Resize((outH, outW)) bilinear
+ * antialiased (torchvision >= 0.20 default), Normalize(mean, std) in 0..1 units, in float32 as
+ * torch does it: a width pass then a height pass. Returns CHW float32 [3, outH, outW].
+ */
+export function resizeNormalizeSam2(
+  data: Uint8Array,
+  w: number,
+  h: number,
+  outW: number,
+  outH: number,
+  mean: readonly number[],
+  std: readonly number[],
+): Float32Array {
+  const f = Math.fround;
+  const tx = antialiasLinearTaps(w, outW);
+  const ty = antialiasLinearTaps(h, outH);
+  const out = new Float32Array(3 * outH * outW);
+  const rows = new Float32Array(h * outW);
+  for (let c = 0; c < 3; c++) {
+    const m = f(mean[c]);
+    const s = f(std[c]);
+    // Width pass: [h, w] → [h, outW].
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < outW; x++) {
+        const { xmin, w: wt } = tx[x];
+        let acc = 0;
+        for (let j = 0; j < wt.length; j++) acc = f(acc + f(f(data[(y * w + xmin + j) * 3 + c] / 255) * wt[j]));
+        rows[y * outW + x] = acc;
+      }
+    }
+    // Height pass: [h, outW] → [outH, outW], then normalize.
+    for (let y = 0; y < outH; y++) {
+      const { xmin, w: wt } = ty[y];
+      const base = (c * outH + y) * outW;
+      for (let x = 0; x < outW; x++) {
+        let acc = 0;
+        for (let j = 0; j < wt.length; j++) acc = f(acc + f(rows[(xmin + j) * outW + x] * wt[j]));
+        out[base + x] = f(f(acc - m) / s);
+      }
+    }
+  }
+  return out;
+}

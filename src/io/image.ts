@@ -1,7 +1,7 @@
 import { IMAGE_SIZE } from '../core/constants.js';
 import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
-import { resizeBilinearPil } from '../core/resample.js';
+import { resizeBilinearPil, resizeNormalizeSam2 } from '../core/resample.js';
 import { getPreprocessShape } from '../core/transforms.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
@@ -16,6 +16,17 @@ export interface RgbImage {
 export { IMAGE_SIZE };
 export const PIXEL_MEAN = [123.675, 116.28, 103.53] as const;
 export const PIXEL_STD = [58.395, 57.12, 57.375] as const;
+/** SAM 2's ImageNet mean/std, in 0..1 units (SAM 1's are in 0..255). */
+export const SAM2_PIXEL_MEAN = [0.485, 0.456, 0.406] as const;
+export const SAM2_PIXEL_STD = [0.229, 0.224, 0.225] as const;
+
+/**
+ * SAM 2's encoder input: the whole image resized to exactly 1024x1024 (aspect not kept, no
+ * padding), bilinear antialiased, ImageNet-normalized. Float32Array [1, 3, 1024, 1024].
+ */
+export function preprocessSam2(image: RgbImage): Float32Array {
+  return resizeNormalizeSam2(image.data, image.width, image.height, IMAGE_SIZE, IMAGE_SIZE, SAM2_PIXEL_MEAN, SAM2_PIXEL_STD);
+}
 
 /**
  * Decode an image file the way SAM's scripts see it: EXIF orientation applied, alpha dropped
