@@ -268,3 +268,12 @@ export function createUpscaler(
   };
   return Object.assign(upscale, { activeStart, activeEnd });
 }
+
+/**
+ * SAM 2's upscaling (sam2/utils/transforms.py postprocess_masks): the [256, 256] low-res logits
+ * straight to the original size with one bilinear resize (align_corners=False, no antialias), no
+ * 1024 frame and no crop: the composite above with an identity first stage.
+ */
+export function createSam2Upscaler(origSize: Size): Upscaler {
+  return createUpscaler([LOW_RES, LOW_RES], origSize, LOW_RES, LOW_RES);
+}
