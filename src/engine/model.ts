@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { modelError } from '../util/errors.js';
 import { sha256File } from '../util/hash.js';
 import { SplitDecoderSession, type SplitDecoderFiles } from './split-decoder.js';
+import type { ModelFamily } from '../io/embedding-file.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
 export interface ModelManifest {
@@ -29,6 +30,8 @@ export interface ModelManifest {
   splitDecoder?: SplitDecoderFiles;
   /** 'int8' when `sam models convert --quantize int8` quantized the encoder. */
   quantization?: string;
+  /** 'sam2' for SAM 2 models (their embeddings and prompts differ); absent: 'sam'. */
+  family?: ModelFamily;
   description?: string;
 }
 
@@ -283,6 +286,11 @@ export class SamModel {
     }
     const { encoder, decoder } = await autodetect(abs, options);
     return new SamModel(abs, encoder, decoder, undefined, options);
+  }
+
+  /** The model family (manifest "family"); SAM 1 and MobileSAM are 'sam'. */
+  get family(): ModelFamily {
+    return this.manifest?.family ?? 'sam';
   }
 
   /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */

@@ -52,6 +52,13 @@ export async function embedImage(model: SamModel, image: RgbImage): Promise<Imag
 /** Check that an embedding file belongs to this model and image before using it. */
 export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRecord, file: string, imageSize: Size): Promise<ImageState> {
   const id = await model.id();
+  const recFamily = rec.family ?? 'sam';
+  if (recFamily !== model.family) {
+    const name = (f: string): string => (f === 'sam2' ? 'SAM 2' : 'SAM (v1 / MobileSAM)');
+    throw inputError(
+      `${file}: embedding was made by a ${name(recFamily)} model ('${rec.modelId}') and this --model is a ${name(model.family)} model ('${id}'); their embeddings differ in kind: rerun 'sam embed' with this --model, or pass the --model it was made with`,
+    );
+  }
   if (rec.modelId !== id) {
     // The int8 and float conversions of one checkpoint differ only by the id's suffix.
     const int8 = (m: string): boolean => m.endsWith(INT8_MODEL_ID_SUFFIX);
