@@ -94,6 +94,7 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
 
   const items = selectShard(await collectInputs(inputs), opts.shard);
   const model = await openModel(opts.model, { threads });
+  model.requireSamV1('sam auto');
   // Load the sessions now so a bad model fails once, not once per image.
   const loadEncoder = !opts.embeddings || opts.cropNLayers > 0;
   let engine: AmgWorker | undefined;

@@ -61,7 +61,7 @@ export function registerEmbed(program: Command, setExit: (code: number) => void)
           if (!opts.force && (await existingModelId(out)) === modelId) return { status: 'skipped' };
           const image = await loadImage(item.path);
           const state = await embedImage(model, image);
-          await writeEmbeddingFile(out, { ...state, modelId, image: item.path });
+          await writeEmbeddingFile(out, { ...state, modelId, image: item.path, family: model.family });
           return { status: 'done' };
         },
         { jobs: opts.jobs, quiet: opts.quiet ?? false },

@@ -104,6 +104,7 @@ async function queueAdd(inputs: string[], opts: AddOptions, cmd: Command): Promi
   const amg = resolveAmgOptions(await amgOptionsFrom(opts, cmd));
   const items = await collectInputs(inputs);
   const model = await openModel(opts.model);
+  model.requireSamV1('sam queue add');
   const modelId = await model.id();
   await withQueue(opts, async (q) => {
     const settings = await q.adoptSettings(

@@ -59,6 +59,7 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
 
   const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / opts.jobs));
   const model = await openModel(opts.model, { threads });
+  model.requireSamV1('sam segment --prompts');
   // Load the sessions now so a bad model fails once, not once per image.
   const decoder = await model.promptDecoder(opts.decoder);
   if (!opts.embeddings) await model.encoder();

@@ -174,6 +174,7 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
     throw usageError(`--embedding ${opts.embedding} is a folder; give one .safetensors file from 'sam embed' (a folder of them is 'sam auto --embeddings DIR')`);
   }
   const model = await openModel(opts.model, { threads: opts.threads });
+  model.requireSamV1('sam segment');
   const [image, decoder] = await Promise.all([loadImage(imagePath), model.decoder()]);
   const size: [number, number] = [image.height, image.width];
   const state = opts.embedding

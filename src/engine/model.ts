@@ -6,7 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { modelError } from '../util/errors.js';
 import { sha256File } from '../util/hash.js';
 import { SplitDecoderSession, type SplitDecoderFiles } from './split-decoder.js';
-import type { ModelFamily } from '../io/embedding-file.js';
+import { SAM2_HIGH_RES_DIMS, type ModelFamily } from '../io/embedding-file.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
 export interface ModelManifest {
@@ -45,6 +45,12 @@ type Dims = ReadonlyArray<number | string>;
 /** Expected I/O of the official export (scripts/export_onnx_model.py) and the common encoder export. */
 const ENCODER_INPUTS: Record<string, Dims> = { image: [1, 3, 1024, 1024] };
 const ENCODER_OUTPUTS: Record<string, Dims> = { image_embeddings: EMBEDDING_DIMS };
+/** SAM 2's encoder (ours and samexporter's export_sam2.py): image_embed with no_mem_embed added, and the high-res features after conv_s0/conv_s1. */
+const SAM2_ENCODER_OUTPUTS: Record<string, Dims> = {
+  image_embed: EMBEDDING_DIMS,
+  high_res_feats_0: SAM2_HIGH_RES_DIMS[0],
+  high_res_feats_1: SAM2_HIGH_RES_DIMS[1],
+};
 const DECODER_INPUTS: Record<string, Dims> = {
   image_embeddings: EMBEDDING_DIMS,
   point_coords: ['B', 'N', 2],
@@ -139,12 +145,27 @@ export function ortSessionOptions(options: SessionOptions = {}, memArena = true,
   };
 }
 
-/** The image encoder: image [1,3,1024,1024] → image_embeddings [1,256,64,64]. */
+/**
+ * The image encoder: image [1,3,1024,1024] → image_embeddings [1,256,64,64] (SAM), or → image_embed
+ * [1,256,64,64] + high_res_feats_0 [1,32,256,256] + high_res_feats_1 [1,64,128,128] (SAM 2).
+ */
 export class EncoderSession {
   constructor(
     readonly file: string,
     readonly session: ort.InferenceSession,
+    readonly family: ModelFamily = 'sam',
   ) {}
+
+  /** SAM 2's three features of one preprocessed image. */
+  async runSam2(image: Float32Array): Promise<{ embeddings: Float32Array; highResFeats: [Float32Array, Float32Array] }> {
+    const out = await this.session.run({ image: new ort.Tensor('float32', image, [1, 3, 1024, 1024]) }, Object.keys(SAM2_ENCODER_OUTPUTS));
+    for (const [name, dims] of Object.entries(SAM2_ENCODER_OUTPUTS)) {
+      if (out[name].dims.join(',') !== dims.join(',')) {
+        throw modelError(`${this.file}: ${name} should have shape ${fmtDims(dims)} but the model produced ${fmtDims(out[name].dims)}; use a SAM 2 encoder export with outputs image_embed, high_res_feats_0, high_res_feats_1`);
+      }
+    }
+    return { embeddings: out.image_embed.data as Float32Array, highResFeats: [out.high_res_feats_0.data as Float32Array, out.high_res_feats_1.data as Float32Array] };
+  }
 
   async run(image: Float32Array): Promise<Float32Array> {
     const out = await this.session.run({ image: new ort.Tensor('float32', image, [1, 3, 1024, 1024]) }, ['image_embeddings']);
@@ -293,6 +314,13 @@ export class SamModel {
     return this.manifest?.family ?? 'sam';
   }
 
+  /** Refuse a SAM 2 model in a command that runs SAM (v1 / MobileSAM) models only, naming why. */
+  requireSamV1(command: string): void {
+    if (this.family === 'sam2') {
+      throw modelError(`${this.dir} is a SAM 2 model; ${command} runs SAM (v1) and MobileSAM models only so far (SAM 2's decoder and generator are not wired in yet): 'sam embed' takes it; for ${command} pass a SAM or MobileSAM model`);
+    }
+  }
+
   /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */
   id(): Promise<string> {
     this.idP ??= this.manifest ? Promise.resolve(this.manifest.id) : sha256File(this.encoderPath).then((h) => `sha256:${h.slice(0, 16)}`);
@@ -301,8 +329,9 @@ export class SamModel {
 
   encoder(): Promise<EncoderSession> {
     this.encoderP ??= createSession(this.encoderPath, this.options, false, true).then((s) => {
-      checkContract('encoder', this.encoderPath, s, ENCODER_INPUTS, ENCODER_OUTPUTS);
-      return new EncoderSession(this.encoderPath, s);
+      const sam2 = this.family === 'sam2';
+      checkContract(sam2 ? 'SAM 2 encoder' : 'encoder', this.encoderPath, s, ENCODER_INPUTS, sam2 ? SAM2_ENCODER_OUTPUTS : ENCODER_OUTPUTS);
+      return new EncoderSession(this.encoderPath, s, this.family);
     });
     return this.encoderP;
   }

@@ -5,7 +5,7 @@ import { applyCoords } from '../core/transforms.js';
 import type { BoxXyxy, PromptPoint, Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
 import type { EmbeddingRecord } from '../io/embedding-file.js';
-import { preprocess, type RgbImage } from '../io/image.js';
+import { preprocess, preprocessSam2, type RgbImage } from '../io/image.js';
 import type { DecoderSession, SamModel } from './model.js';
 
 /** Point label values of the official decoder. */
@@ -35,18 +35,26 @@ export interface Prediction {
 
 /** What the decoder needs of an image: its embedding and the two sizes that place prompts. */
 export interface ImageState {
-  /** [1, 256, 64, 64] */
+  /** [1, 256, 64, 64] (SAM 2: image_embed) */
   embeddings: Float32Array;
   originalSize: Size;
+  /** The image's size in the 1024 frame before padding; SAM 2 resizes to [1024, 1024]. */
   inputSize: Size;
+  /** SAM 2 only: high_res_feats_0 [1,32,256,256], high_res_feats_1 [1,64,128,128]. */
+  highResFeats?: readonly [Float32Array, Float32Array];
 }
 
-/** Run the encoder on an image (or a crop of one): preprocess → image_embeddings. */
+/** Run the encoder on an image (or a crop of one): preprocess → image_embeddings (SAM 2: its three features). */
 export async function embedImage(model: SamModel, image: RgbImage): Promise<ImageState> {
   const encoder = await model.encoder();
+  const originalSize: Size = [image.height, image.width];
+  if (encoder.family === 'sam2') {
+    const { embeddings, highResFeats } = await encoder.runSam2(preprocessSam2(image));
+    return { embeddings, highResFeats, originalSize, inputSize: [IMAGE_SIZE, IMAGE_SIZE] };
+  }
   const { tensor, inputSize } = await preprocess(image);
   const embeddings = await encoder.run(tensor);
-  return { embeddings, originalSize: [image.height, image.width], inputSize };
+  return { embeddings, originalSize, inputSize };
 }
 
 /** Check that an embedding file belongs to this model and image before using it. */
@@ -76,7 +84,7 @@ export async function imageStateFromEmbedding(model: SamModel, rec: EmbeddingRec
       `${file}: embedding is for a ${rec.originalSize[1]}x${rec.originalSize[0]} image, this image is ${imageSize[1]}x${imageSize[0]}; rerun 'sam embed' on this image or drop --embedding`,
     );
   }
-  return { embeddings: rec.embeddings, originalSize: rec.originalSize, inputSize: rec.inputSize };
+  return { embeddings: rec.embeddings, originalSize: rec.originalSize, inputSize: rec.inputSize, ...(rec.highResFeats ? { highResFeats: rec.highResFeats } : {}) };
 }
 
 /** Why a prompt cannot be decoded on an image of this size (outside it, an empty box, nothing), or undefined. */

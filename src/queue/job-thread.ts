@@ -24,6 +24,7 @@ async function start(): Promise<{ setup: AutoSetup; engine?: AmgWorker }> {
   const s = init.settings;
   const amg = loadAmgOptions(s.amg);
   const model = await SamModel.open(init.modelDir, { threads: init.threads });
+  model.requireSamV1('sam worker');
   const loadEncoder = !s.embeddingsDir || amg.cropNLayers > 0;
   let engine: AmgWorker | undefined;
   if (init.pipeline) {
