@@ -4,6 +4,8 @@ import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import type { ConvertProgress } from '../convert/convert.js';
 import { QUANTIZATIONS, SAM_MODEL_TYPES, type Quantization, type SamModelType } from '../convert/configs.js';
+import { SAM2_MODEL_TYPES } from '../convert/sam2-configs.js';
+import type { AnyModelType } from '../convert/convert.js';
 import { modelError } from '../util/errors.js';
 import { cacheDir, downloadPath, isConverted, modelQuantization, pulledModelDir } from '../hub/cache.js';
 import { downloadCheckpoint, partialBytes, type DownloadEvents, type DownloadResult } from '../hub/download.js';
@@ -135,7 +137,7 @@ interface PullOptions {
 }
 
 interface ConvertOptions {
-  type?: SamModelType;
+  type?: AnyModelType;
   out: string;
   force?: boolean;
   quiet?: boolean;
@@ -284,9 +286,9 @@ async function downloadWithProgress(
 function registerConvert(models: Command): void {
   models
     .command('convert')
-    .description('convert a PyTorch SAM/MobileSAM checkpoint (.pth, .pt, .safetensors) to an ONNX model folder')
+    .description('convert a PyTorch SAM, MobileSAM or SAM 2 / 2.1 checkpoint (.pth, .pt, .safetensors) to an ONNX model folder')
     .argument('<checkpoint>', 'checkpoint file')
-    .addOption(new Option('--type <type>', 'model type (default: detected from the tensor shapes)').choices([...SAM_MODEL_TYPES]))
+    .addOption(new Option('--type <type>', 'model type (default: detected from the tensor shapes)').choices([...SAM_MODEL_TYPES, ...SAM2_MODEL_TYPES]))
     .requiredOption('-o, --out <dir>', 'output model folder (encoder.onnx, decoder.onnx, decoder_batched.onnx, manifest.json)')
     .option('-f, --force', 'replace an existing model folder at --out')
     .addOption(
@@ -305,6 +307,7 @@ function registerConvert(models: Command): void {
         'Examples:',
         '  sam models convert sam_vit_b_01ec64.pth --type vit_b --out models/sam_vit_b',
         '  sam models convert mobile_sam.pt --out models/mobile_sam',
+        '  sam models convert sam2.1_hiera_tiny.pt --out models/sam2.1_hiera_tiny',
         '  sam models convert sam_vit_b_01ec64.pth --type vit_b --quantize int8 --out models/sam_vit_b_int8',
         '',
       ].join('\n'),

@@ -12,6 +12,7 @@ import { describeMasks, writeMaskPng, writeOverlayPng } from '../output/masks.js
 import { openModel } from '../hub/resolve.js';
 import { encodeNpyFloat32 } from '../io/npy.js';
 import { SamPredictor, embedImage, imageStateFromEmbedding } from '../engine/predictor.js';
+import { Sam2Predictor } from '../engine/sam2-predictor.js';
 import { parseFloatOption, parseIntOption } from './common.js';
 import type { PromptDecoderChoice } from '../engine/model.js';
 import { parseShard, type Shard } from './auto.js';
@@ -174,8 +175,8 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
     throw usageError(`--embedding ${opts.embedding} is a folder; give one .safetensors file from 'sam embed' (a folder of them is 'sam auto --embeddings DIR')`);
   }
   const model = await openModel(opts.model, { threads: opts.threads });
-  model.requireSamV1('sam segment');
-  const [image, decoder] = await Promise.all([loadImage(imagePath), model.decoder()]);
+  const sam2 = model.family === 'sam2';
+  const [image, decoder] = await Promise.all([loadImage(imagePath), sam2 ? undefined : model.decoder()]);
   const size: [number, number] = [image.height, image.width];
   const state = opts.embedding
     ? await imageStateFromEmbedding(model, await readEmbeddingFile(opts.embedding), opts.embedding, size)
@@ -183,7 +184,11 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
   const maskInput = opts.maskInput ? await readMaskInput(opts.maskInput, size) : undefined;
   const multimask = opts.multimask ?? (opts.single ? false : (opts.points?.length ?? 0) === 1 && !opts.box && !maskInput);
 
-  const prediction = await new SamPredictor(decoder, state).predict({ points: opts.points, box: opts.box, maskInput }, multimask);
+  const prompt = { points: opts.points, box: opts.box, maskInput };
+  // SAM 2 has one graph per output kind: 3 multimask outputs, or the single mask.
+  const prediction = decoder
+    ? await new SamPredictor(decoder, state).predict(prompt, multimask)
+    : await new Sam2Predictor(await model.sam2Decoder(multimask), state).predict(prompt);
   const [h, w] = prediction.size;
   const { masks, records } = describeMasks(prediction.masks, prediction.iouPredictions, h, w);
   let best = 0;

@@ -20,6 +20,12 @@ import { buildSamDecoderImageSide, buildSamDecoderMaskSide, buildSamDecoderPromp
 import { buildTinyVitEncoder } from './tinyvit-encoder.js';
 import { buildVitEncoder } from './vit-encoder.js';
 import { quantizeLinearsInt8, type QuantizeReport } from './quantize.js';
+import { SAM2_CONFIGS, checkSam2TypeMatches, detectSam2Type, isSam2ModelType, type Sam2ModelType } from './sam2-configs.js';
+import { buildSam2EncoderGraph } from './hiera-encoder.js';
+import { buildSam2DecoderGraph } from './sam2-decoder.js';
+
+/** Any type `sam models convert` takes: SAM / MobileSAM, or SAM 2. */
+export type AnyModelType = SamModelType | Sam2ModelType;
 
 export const MODEL_FORMAT = 'sam-onnx/1';
 
@@ -31,6 +37,8 @@ export const MODEL_FORMAT = 'sam-onnx/1';
 export const GRAPH_VERSION = 2;
 
 export const FILES = {
+  /** SAM 2: the single-mask decoder beside the multimask decoder.onnx. */
+  singleMaskDecoder: 'decoder_single.onnx',
   encoder: 'encoder.onnx',
   encoderData: 'encoder.onnx.data',
   decoder: 'decoder.onnx',
@@ -42,14 +50,18 @@ export const FILES = {
 export interface ConvertedManifest {
   format: typeof MODEL_FORMAT;
   id: string;
-  type: SamModelType;
+  type: AnyModelType;
+  /** 'sam2' for SAM 2 models; absent for SAM / MobileSAM. */
+  family?: 'sam2';
   encoder: string;
   decoder: string;
-  decoderBatched: false;
+  /** SAM 2: the single-mask decoder (decoder is then the multimask one). */
+  singleMaskDecoder?: string;
+  decoderBatched?: false;
   /** Decoder with a dynamic prompt batch and no in-graph upscaling, for automatic mask generation. */
-  batchedDecoder: string;
+  batchedDecoder?: string;
   /** The split decoder (image side, prompt side, mask side), preferred by automatic mask generation. */
-  splitDecoder: { image: string; prompt: string; masks: string };
+  splitDecoder?: { image: string; prompt: string; masks: string };
   /** 'int8': the encoder's Linears are dynamically quantized (src/convert/quantize.ts). */
   quantization?: Quantization;
   description: string;
@@ -98,7 +110,7 @@ export interface ConvertOptions {
 
 export interface ConvertResult {
   outDir: string;
-  type: SamModelType;
+  type: AnyModelType;
   manifest: ConvertedManifest;
   /** outDir held an older conversion of the same checkpoint, now replaced by a complete one. */
   upgraded: boolean;
@@ -157,7 +169,7 @@ class PhaseTimer {
 
 export async function convertCheckpoint(
   checkpointPath: string,
-  type: SamModelType | undefined,
+  type: AnyModelType | undefined,
   outDir: string,
   opts: ConvertOptions = {},
 ): Promise<ConvertResult> {
@@ -176,6 +188,18 @@ export async function convertCheckpoint(
     }
   }
   const { sd, source, modelType } = await readCheckpoint(ckpt, type, { ...opts, checkpointSha256 }, timer);
+  if (isSam2ModelType(modelType)) {
+    await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
+    let manifest: ConvertedManifest | undefined;
+    await produceDirAtomic(out, async (tmp) => {
+      await writeSam2Graphs(tmp, sd, modelType, ckpt.name, timer);
+      const files = await timer.timed('checksums', () => folderChecksums(tmp));
+      manifest = sam2Manifest(modelType, ckpt.name, source, files);
+      await writeFile(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+    });
+    if (!manifest) throw new Error('internal: conversion finished without a manifest');
+    return { outDir: out, type: modelType, manifest, upgraded: upgradeFrom !== undefined, phases: timer.phases, seconds: (performance.now() - started) / 1000 };
+  }
 
   // Leftovers of a killed conversion into the same folder.
   await removeStaleTemps(dirname(out), { recursive: false, prefix: `.${basename(out)}.` });
@@ -250,16 +274,28 @@ interface SourceChecksum {
 /** The state dict, the checkpoint's checksum (hashed alongside the read unless given) and its type. */
 async function readCheckpoint(
   ckpt: CheckpointFile,
-  type: SamModelType | undefined,
+  type: AnyModelType | undefined,
   opts: ConvertOptions,
   timer: PhaseTimer,
-): Promise<{ sd: StateDict; source: SourceChecksum; modelType: SamModelType }> {
+): Promise<{ sd: StateDict; source: SourceChecksum; modelType: AnyModelType }> {
   const [sd, source] = await Promise.all([
     timer.timed('read checkpoint', () => loadStateDict(ckpt.path)),
     opts.checkpointSha256
       ? Promise.resolve({ sha256: opts.checkpointSha256, bytes: ckpt.bytes })
       : timer.timed('hash checkpoint', () => sha256OfFile(ckpt.path)),
   ]);
+  // SAM 2 first: its checkpoints hold no SAM 1 encoder, and a SAM 1 --type on one deserves its own message.
+  const sam2 = detectSam2Type(sd).type;
+  if (type !== undefined && isSam2ModelType(type)) {
+    checkSam2TypeMatches(sd, type, ckpt.name);
+    if (opts.attentionBiases === 'zeros' || opts.quantize) throw new SamError('usage', `--attention-biases and --quantize apply to SAM and MobileSAM checkpoints; ${ckpt.name} is SAM 2: drop them`);
+    return { sd, source, modelType: type };
+  }
+  if (sam2 !== undefined) {
+    if (type !== undefined) throw modelError(`checkpoint ${ckpt.name} is a SAM 2 checkpoint (${sam2}), not ${type}; pass --type ${sam2} or drop --type`);
+    if (opts.attentionBiases === 'zeros' || opts.quantize) throw new SamError('usage', `--attention-biases and --quantize apply to SAM and MobileSAM checkpoints; ${ckpt.name} is SAM 2: drop them`);
+    return { sd, source, modelType: sam2 };
+  }
   const modelType = resolveType(sd, type, ckpt.name);
   if (opts.attentionBiases === 'zeros' && modelType !== 'vit_t') {
     throw new SamError('usage', `--attention-biases applies to vit_t (MobileSAM) checkpoints only; ${ckpt.name} is ${modelType}: drop the option`);
@@ -368,6 +404,40 @@ function modelManifest(
     splitDecoder: { ...FILES.splitDecoder },
     ...(quantize ? { quantization: quantize } : {}),
     description: `SAM ${modelType} converted from ${ckptName} by sam models convert${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`,
+    files,
+    source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
+    converter: { name: 'sam-cli', version: packageVersion(), graphVersion: GRAPH_VERSION },
+  };
+}
+
+/** SAM 2: encoder.onnx (image_embed + high-res features), decoder.onnx (3 multimask outputs), decoder_single.onnx (mask token 0). */
+async function writeSam2Graphs(tmp: string, sd: StateDict, type: Sam2ModelType, ckptName: string, timer: PhaseTimer): Promise<void> {
+  const meta = { producerName: 'sam-cli convert', producerVersion: packageVersion() };
+  const one = async (what: string, file: string, build: () => GraphBuilder): Promise<void> => {
+    const builder = await timer.timed(`build ${what}`, () => {
+      try {
+        return build();
+      } catch (err) {
+        throw asModelError(err, ckptName, what);
+      }
+    });
+    await timer.timed(`write ${what}`, () => writeFile(join(tmp, file), serializeModel(builder.toModel({ ...meta, docString: `SAM 2 ${type} ${what} from ${ckptName}` }))));
+  };
+  await one('encoder', FILES.encoder, () => buildSam2EncoderGraph(sd, SAM2_CONFIGS[type]));
+  await one('decoder', FILES.decoder, () => buildSam2DecoderGraph(sd, { multimask: true }));
+  await one('single-mask decoder', FILES.singleMaskDecoder, () => buildSam2DecoderGraph(sd, { multimask: false }));
+}
+
+function sam2Manifest(type: Sam2ModelType, ckptName: string, source: SourceChecksum, files: ConvertedManifest['files']): ConvertedManifest {
+  return {
+    format: MODEL_FORMAT,
+    id: `${type}-${source.sha256.slice(0, 12)}`,
+    type,
+    family: 'sam2',
+    encoder: FILES.encoder,
+    decoder: FILES.decoder,
+    singleMaskDecoder: FILES.singleMaskDecoder,
+    description: `SAM 2 ${type} converted from ${ckptName} by sam models convert`,
     files,
     source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },
     converter: { name: 'sam-cli', version: packageVersion(), graphVersion: GRAPH_VERSION },

@@ -32,6 +32,8 @@ export interface ModelManifest {
   quantization?: string;
   /** 'sam2' for SAM 2 models (their embeddings and prompts differ); absent: 'sam'. */
   family?: ModelFamily;
+  /** SAM 2: the single-mask decoder (mask token 0); `decoder` is then the multimask one (tokens 1..3). */
+  singleMaskDecoder?: string;
   description?: string;
 }
 
@@ -259,6 +261,50 @@ export class DecoderSession {
   }
 }
 
+/** SAM 2's prompt encoder + mask decoder (ours and samexporter's export_sam2.py signature). */
+const SAM2_DECODER_INPUTS: Record<string, Dims> = {
+  image_embed: EMBEDDING_DIMS,
+  high_res_feats_0: SAM2_HIGH_RES_DIMS[0],
+  high_res_feats_1: SAM2_HIGH_RES_DIMS[1],
+  point_coords: ['B', 'N', 2],
+  point_labels: ['B', 'N'],
+  mask_input: ['B', 1, LOW_RES_SIDE, LOW_RES_SIDE],
+  has_mask_input: ['B'],
+};
+const SAM2_DECODER_OUTPUTS: Record<string, Dims> = {
+  masks: ['B', 'M', LOW_RES_SIDE, LOW_RES_SIDE],
+  iou_predictions: ['B', 'M'],
+};
+
+/** A SAM 2 decoder graph: point_coords in the 1024 frame without the padding point; `masks` are low-res logits. */
+export class Sam2DecoderSession {
+  constructor(
+    readonly file: string,
+    readonly session: ort.InferenceSession,
+  ) {}
+
+  /** One call for B prompts of N points: low-res logits [B, M, 256, 256] and IoUs [B, M]. */
+  async run(
+    image: Readonly<Record<string, ort.Tensor>>,
+    pointCoords: Float32Array,
+    pointLabels: Float32Array,
+    batch: number,
+    numPoints: number,
+    maskInput?: Float32Array,
+  ): Promise<{ lowResMasks: Float32Array; iouPredictions: Float32Array; numMasks: number }> {
+    const hasMask = maskInput !== undefined;
+    const out = await this.session.run({
+      ...image,
+      point_coords: new ort.Tensor('float32', pointCoords, [batch, numPoints, 2]),
+      point_labels: new ort.Tensor('float32', pointLabels, [batch, numPoints]),
+      mask_input: new ort.Tensor('float32', maskInput ?? new Float32Array(batch * LOW_RES_LENGTH), [batch, 1, LOW_RES_SIDE, LOW_RES_SIDE]),
+      has_mask_input: new ort.Tensor('float32', new Float32Array(batch).fill(hasMask ? 1 : 0), [batch]),
+    });
+    const iou = out.iou_predictions;
+    return { lowResMasks: out.masks.data as Float32Array, iouPredictions: iou.data as Float32Array, numMasks: iou.dims[1] };
+  }
+}
+
 /** A SAM model folder: encoder + decoder ONNX files, with or without manifest.json. */
 export class SamModel {
   private encoderP?: Promise<EncoderSession>;
@@ -266,6 +312,7 @@ export class SamModel {
   private batchedDecoderP?: Promise<DecoderSession | undefined>;
   private splitDecoderP?: Promise<SplitDecoderSession | undefined>;
   private idP?: Promise<string>;
+  private readonly sam2Decoders = new Map<string, Promise<Sam2DecoderSession>>();
 
   private constructor(
     readonly dir: string,
@@ -292,6 +339,7 @@ export class SamModel {
       const dec = join(abs, manifest.decoder);
       const roles: [string, string][] = [['encoder', enc], ['decoder', dec]];
       if (typeof manifest.batchedDecoder === 'string') roles.push(['batchedDecoder', join(abs, manifest.batchedDecoder)]);
+      if (typeof manifest.singleMaskDecoder === 'string') roles.push(['singleMaskDecoder', join(abs, manifest.singleMaskDecoder)]);
       const split = manifest.splitDecoder;
       if (split !== undefined) {
         if (typeof split !== 'object' || split === null || !(['image', 'prompt', 'masks'] as const).every((k) => typeof split[k] === 'string')) {
@@ -312,6 +360,26 @@ export class SamModel {
   /** The model family (manifest "family"); SAM 1 and MobileSAM are 'sam'. */
   get family(): ModelFamily {
     return this.manifest?.family ?? 'sam';
+  }
+
+  /**
+   * SAM 2's decoder: the multimask graph (manifest "decoder", 3 masks) or the single-mask graph
+   * (manifest "singleMaskDecoder", 1 mask), loaded once each.
+   */
+  sam2Decoder(multimask: boolean): Promise<Sam2DecoderSession> {
+    const name = multimask ? this.manifest?.decoder : this.manifest?.singleMaskDecoder;
+    if (this.family !== 'sam2' || typeof name !== 'string') {
+      throw modelError(`${this.dir}: no SAM 2 ${multimask ? 'multimask' : 'single-mask'} decoder in manifest.json; convert the checkpoint again with 'sam models convert'`);
+    }
+    const file = join(this.dir, name);
+    const cached = this.sam2Decoders.get(file);
+    if (cached) return cached;
+    const p = createSession(file, this.options).then((s) => {
+      checkContract('SAM 2 decoder', file, s, SAM2_DECODER_INPUTS, SAM2_DECODER_OUTPUTS);
+      return new Sam2DecoderSession(file, s);
+    });
+    this.sam2Decoders.set(file, p);
+    return p;
   }
 
   /** Refuse a SAM 2 model in a command that runs SAM (v1 / MobileSAM) models only, naming why. */
