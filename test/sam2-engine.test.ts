@@ -58,6 +58,14 @@ describe('SAM 2.1 tiny converted by sam models convert', () => {
     expect(Object.keys(m.files as object).sort()).toEqual(['decoder.onnx', 'decoder_single.onnx', 'encoder.onnx']);
   });
 
+  it('sam models verify checks its files and runs test prompts through both decoders', async () => {
+    const r = await runSam(['models', 'verify', modelDir]);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/ok\s+encoder: image → image_embed, high_res_feats_0, high_res_feats_1/);
+    expect(r.stdout).toMatch(/ok\s+decoder \(multimask\): 2 prompts per call, 3 mask\(s\) per prompt/);
+    expect(r.stdout).toMatch(/ok\s+single-mask decoder: 2 prompts per call, 1 mask\(s\) per prompt/);
+  });
+
   it('every decoder case on the official features: low-res masks and IoU within 1e-4', async () => {
     const model = await SamModel.open(modelDir);
     const state = {

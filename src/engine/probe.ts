@@ -1,6 +1,7 @@
 import * as ort from 'onnxruntime-node';
 import { EMBEDDING_DIMS, EMBEDDING_LENGTH, LOW_RES_LENGTH } from '../core/constants.js';
 import type { SamModel } from './model.js';
+import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
 
 export interface ProbeCheck {
   ok: boolean;
@@ -17,6 +18,7 @@ export async function probeModel(model: SamModel): Promise<ProbeCheck[]> {
   const enc = await model.encoder();
   checks.push({ ok: true, what: 'encoder', detail: `${enc.session.inputNames.join(', ')} → ${enc.session.outputNames.join(', ')}` });
   const emb = new ort.Tensor('float32', new Float32Array(EMBEDDING_LENGTH), [...EMBEDDING_DIMS]);
+  if (model.family === 'sam2') return [...checks, ...(await probeSam2Decoders(model, emb))];
   const origSize: [number, number] = [32, 48];
 
   const dec = await model.decoder();
@@ -59,6 +61,26 @@ export async function probeModel(model: SamModel): Promise<ProbeCheck[]> {
         ? { ok: true, what: 'split decoder', detail: `image side, IoU for 3 prompts, masks for 2 of them, ${stage1.numMasks} masks per prompt: ok` }
         : { ok: false, what: 'split decoder', detail: 'test prompts gave outputs of the wrong size' },
     );
+  }
+  return checks;
+}
+
+/** SAM 2: a box + point prompt through the multimask and the single-mask decoder on zero features. */
+async function probeSam2Decoders(model: SamModel, emb: ort.Tensor): Promise<ProbeCheck[]> {
+  const image = {
+    image_embed: emb,
+    high_res_feats_0: new ort.Tensor('float32', new Float32Array(32 * 256 * 256), [...SAM2_HIGH_RES_DIMS[0]]),
+    high_res_feats_1: new ort.Tensor('float32', new Float32Array(64 * 128 * 128), [...SAM2_HIGH_RES_DIMS[1]]),
+  };
+  const checks: ProbeCheck[] = [];
+  for (const [what, multimask, want] of [['decoder (multimask)', true, 3], ['single-mask decoder', false, 1]] as const) {
+    const dec = await model.sam2Decoder(multimask);
+    // Two prompts of a box and a click: point_coords [2, 3, 2].
+    const coords = Float32Array.from([10, 10, 500, 400, 200, 200, 100, 100, 900, 900, 512, 512]);
+    const labels = Float32Array.from([2, 3, 1, 2, 3, 1]);
+    const r = await dec.run(image, coords, labels, 2, 3);
+    const ok = r.numMasks === want && r.iouPredictions.length === 2 * want && r.lowResMasks.length === 2 * want * LOW_RES_LENGTH;
+    checks.push(ok ? { ok: true, what, detail: `2 prompts per call, ${want} mask(s) per prompt, test batch ok` } : { ok: false, what, detail: `test prompts gave ${r.numMasks} masks per prompt or outputs of the wrong size, expected ${want}` });
   }
   return checks;
 }
