@@ -197,7 +197,8 @@ export function checkSam2DecoderTensors(sd: StateDict): void {
   }
 }
 
-/** Builds the decoder and serializes it: ONNX model bytes (~16 MiB for every official type). */
+/** Builds the decoder and serializes it: ONNX model bytes (19.5 MiB multimask, 18.5 MiB single mask, for every official type:
+ * the decoder is the same size in all of them; 4 MiB of it is the precomputed dense PE). */
 export function buildSam2Decoder(sd: StateDict, opts: Sam2DecoderOptions): Buffer {
   return buildSam2DecoderGraph(sd, opts).serialize({ producerName: 'sam-cli convert', ...opts.model });
 }
@@ -484,3 +485,103 @@ function dynamicMultimaskViaStability(
   return [g.op('Where', [stable4, single, bestMask]), g.op('Where', [stable, singleIou, bestIou])];
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Split form (automatic mask generation: point prompts, no mask input)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The decoder split into three graphs, like sam-decoder-split.ts for SAM 1, for prompts without a
+ * mask input (the dense embedding is always no_mask_embed; `--use-m2m` and mask prompts need the
+ * plain graph). Same arithmetic as the plain graph, cut at two places:
+ *
+ *   image side, once per image (crop):
+ *     image_embed, high_res_feats_0, high_res_feats_1
+ *     → src [1,4096,256]          image tokens + no_mask_embed (row y·64+x, channels last)
+ *       feats1_rows [1,16384,64]  high_res_feats_1 in ConvT₁'s row order (y,x,i,j)
+ *       feats0_rows [1,65536,32]  high_res_feats_0 in ConvT₂'s row order (y,x,i,j,k,l)
+ *   prompt side, per batch of B prompts of equal p (point_coords [B,p,2] / point_labels [B,p] as
+ *   for the plain graph, without the padding point):
+ *     src, point_coords, point_labels
+ *     → iou_predictions [B,M]  transformer_src [B,4096,256]  hyper_in [B,M,32]
+ *   mask side, only for the prompts (rows) and masks (columns of hyper_in) that are needed:
+ *     transformer_src [B,4096,256], hyper_in [B,K,32], feats1_rows, feats0_rows
+ *     → masks [B,K,256,256] (clamped to ±32)
+ *
+ * M is 3 (tokens 1..3) for `multimask: true`, 1 (token 0) otherwise; the stability fallback needs
+ * all four masks and is not offered here. output_upscaling (~0.4 GMAC of the ~1.5 per prompt)
+ * is in the mask side, which automatic mask generation only runs for prompts whose IoU passes
+ * pred_iou_thresh.
+ */
+export interface Sam2SplitDecoderGraphs {
+  image: GraphBuilder;
+  prompt: GraphBuilder;
+  masks: GraphBuilder;
+}
+
+/** Graph input/output names of the split decoder, in order. */
+export const SAM2_SPLIT_DECODER_IO = {
+  image: { inputs: ['image_embed', 'high_res_feats_0', 'high_res_feats_1'], outputs: ['src', 'feats1_rows', 'feats0_rows'] },
+  prompt: { inputs: ['src', 'point_coords', 'point_labels'], outputs: ['iou_predictions', 'transformer_src', 'hyper_in'] },
+  masks: { inputs: ['transformer_src', 'hyper_in', 'feats1_rows', 'feats0_rows'], outputs: ['masks'] },
+} as const;
+
+const SPLIT_SHAPES = {
+  src: [1, HW, CFG.embedDim],
+  feats1_rows: [1, HW * 4, CFG.embedDim / 4],
+  feats0_rows: [1, LOW_PIXELS, CFG.embedDim / 8],
+} as const;
+
+/** The three graphs of the split decoder (see above). */
+export function buildSam2DecoderSplit(sd: StateDict, opts: { multimask: boolean }): Sam2SplitDecoderGraphs {
+  checkSam2DecoderTensors(sd);
+  const c = CFG.embedDim;
+  const mode = opts.multimask ? 'multimask' : 'single';
+
+  const image = new GraphBuilder('sam2_decoder_image_side');
+  {
+    const d = new DecoderGraph(image, sd, PREFIX);
+    const g = image;
+    const emb = g.input('image_embed', 'float32', [1, c, EMBED_HW, EMBED_HW]);
+    const f0 = g.input('high_res_feats_0', 'float32', [1, c / 8, LOW_RES, LOW_RES]);
+    const f1 = g.input('high_res_feats_1', 'float32', [1, c / 4, LOW_RES / 2, LOW_RES / 2]);
+    const src = g.op('Add', [imageTokens(g, emb), d.weight('prompt_encoder.no_mask_embed.weight')]);
+    g.output(src, 'src', 'float32', SPLIT_SHAPES.src);
+    g.output(feats1Rows(g, f1, c / 4), 'feats1_rows', 'float32', SPLIT_SHAPES.feats1_rows);
+    g.output(feats0Rows(g, f0, c / 8), 'feats0_rows', 'float32', SPLIT_SHAPES.feats0_rows);
+  }
+
+  const prompt = new GraphBuilder(`sam2_decoder_prompt_side_${mode}`);
+  {
+    const d = new DecoderGraph(prompt, sd, PREFIX);
+    const g = prompt;
+    const b = 'batch';
+    const src = g.input('src', 'float32', SPLIT_SHAPES.src);
+    const pointCoords = g.input('point_coords', 'float32', [b, 'num_points', 2]);
+    const pointLabels = g.input('point_labels', 'float32', [b, 'num_points']);
+    const batchShape = g.op('Shape', [pointCoords], { start: 0, end: 1 });
+    const sparse = embedPromptPoints(d, pointCoords, pointLabels, batchShape);
+    const [hs, keys] = transformerStage(d, src, sparse, batchShape);
+    const tokens = opts.multimask ? [1, 2, 3] : [0];
+    const { iou, hyper } = tokenHeads(d, hs, tokens);
+    const [start, end] = opts.multimask ? [1, 4] : [0, 1];
+    const m = tokens.length;
+    g.output(g.op('Slice', [iou, g.constInt64([start]), g.constInt64([end]), g.constInt64([1])]), 'iou_predictions', 'float32', [b, m]);
+    g.output(keys, 'transformer_src', 'float32', [b, HW, c]);
+    g.output(hyper, 'hyper_in', 'float32', [b, m, c / 8]);
+  }
+
+  const masks = new GraphBuilder('sam2_decoder_mask_side');
+  {
+    const d = new DecoderGraph(masks, sd, PREFIX);
+    const g = masks;
+    const b = 'batch';
+    const keys = g.input('transformer_src', 'float32', [b, HW, c]);
+    const hyper = g.input('hyper_in', 'float32', [b, 'num_masks', c / 8]);
+    const f1 = g.input('feats1_rows', 'float32', SPLIT_SHAPES.feats1_rows);
+    const f0 = g.input('feats0_rows', 'float32', SPLIT_SHAPES.feats0_rows);
+    const out = g.op('Clip', [upscaleMasks(d, keys, hyper, f1, f0), g.constFloat([-MASK_CLAMP], []), g.constFloat([MASK_CLAMP], [])]);
+    g.output(out, 'masks', 'float32', [b, 'num_masks', LOW_RES, LOW_RES]);
+  }
+  return { image, prompt, masks };
+}
