@@ -50,7 +50,7 @@ export class Sam2Predictor {
     };
   }
 
-  /** `multimask` must match the decoder (the multimask graph gives 3 masks, the single-mask graph 1). */
+  /** The masks of the decoder this predictor was given: 3 from the multimask graph, 1 from the single-mask graph. */
   async predict(prompt: Prompt): Promise<Prediction> {
     const size = this.state.originalSize;
     const bad = promptProblem(prompt, size);
