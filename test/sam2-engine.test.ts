@@ -145,8 +145,8 @@ describe('SAM 2.1 tiny converted by sam models convert', () => {
 
   it('commands without a SAM 2 path yet refuse it in one line (exit 3)', async () => {
     writeFileSync(out('p.jsonl'), '{"image": "dog.jpg", "box": [1, 1, 50, 50]}\n');
+    // sam auto has its SAM 2 path (test/sam2-auto.test.ts).
     for (const args of [
-      ['auto', dog, '--model', modelDir, '--out', out('auto')],
       ['segment', imagesDir, '--prompts', out('p.jsonl'), '--model', modelDir, '--out', out('p')],
     ]) {
       const r = await runSam(args);

@@ -22,7 +22,7 @@ import { buildAllLayerPointGrids, generateCropBoxes, sparseGridIndices, squareGr
 import { LOW_RES_LENGTH } from '../core/constants.js';
 import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, removeSmallRegions, maskToBox } from '../core/masks.js';
 import { batchedNms } from '../core/nms.js';
-import { createUpscaler } from '../core/upscale.js';
+import { createSam2Upscaler, createUpscaler } from '../core/upscale.js';
 import { RleEncoder, decodeRle } from '../core/rle.js';
 import { StageTimes } from '../core/timings.js';
 import type { BoxXyxy, CompactRle, MaskRecord, Size } from '../core/types.js';
@@ -53,6 +53,19 @@ export interface AmgOptions {
   highScoreThresh: number;
   /** Hierarchical only: round 1 runs every sparseStride-th row and column of the grid (integer >= 2). */
   sparseStride: number;
+  /**
+   * 'sam2': SAM2AutomaticMaskGenerator (sam2/automatic_mask_generator.py) instead: grid points
+   * cast to float32, low-res logits upscaled straight to the crop size, boxes written as floats.
+   * Absent: SAM (v1). The SAM 2 fields below are set only for SAM 2 (so stored queue settings of
+   * v1 runs keep their shape).
+   */
+  family?: 'sam2';
+  /** SAM 2's mask_threshold (v1: 0). */
+  maskThreshold?: number;
+  /** SAM 2's use_m2m: the predictor refines each candidate once with its own low-res logits. */
+  useM2m?: boolean;
+  /** SAM 2's multimask_output: 3 masks per point (false: the single-mask output). */
+  multimaskOutput?: boolean;
 }
 
 export const PROMPT_STRATEGIES = ['grid', 'hierarchical'] as const;
@@ -84,8 +97,19 @@ export const AMG_DEFAULTS: Readonly<AmgOptions> = {
   sparseStride: 4,
 };
 
-/** SAM's mask_threshold: logits > 0 are mask. */
+/** SAM 2's defaults where they differ from AMG_DEFAULTS (SAM2AutomaticMaskGenerator). */
+export const SAM2_AMG_DEFAULTS: Readonly<Partial<AmgOptions>> = {
+  family: 'sam2',
+  predIouThresh: 0.8,
+  maskThreshold: 0.0,
+  useM2m: false,
+  multimaskOutput: true,
+};
+
+/** SAM's mask_threshold: logits > 0 are mask (SAM 2: AmgOptions.maskThreshold). */
 const MASK_THRESHOLD = 0.0;
+
+const maskThresholdOf = (o: AmgOptions): number => o.maskThreshold ?? MASK_THRESHOLD;
 
 /**
  * A mask that passed the filters is kept as low-res logits instead of its compact RLE when the
@@ -222,6 +246,10 @@ export function resolveAmgOptions(options: Partial<AmgOptions>): AmgOptions {
   }
   if (!Number.isInteger(o.sparseStride) || o.sparseStride < 2) throw new Error(`sparseStride ${o.sparseStride}: expected an integer >= 2`);
   if (Number.isNaN(o.highScoreThresh)) throw new Error('highScoreThresh must be a number');
+  if (o.family !== 'sam2' && (o.maskThreshold !== undefined || o.useM2m !== undefined || o.multimaskOutput !== undefined)) {
+    throw new Error('maskThreshold, useM2m and multimaskOutput are SAM 2 options (family sam2)');
+  }
+  if (o.maskThreshold !== undefined && !Number.isFinite(o.maskThreshold)) throw new Error('maskThreshold must be a finite number');
   if (o.promptStrategy === 'hierarchical' && o.pointGrids) {
     throw new Error("promptStrategy 'hierarchical' needs the square grids of pointsPerSide, not explicit pointGrids");
   }
@@ -251,16 +279,20 @@ export class SamAutomaticMaskGenerator {
     counts.run = 0;
     counts.grid = 0;
     let data = await this.generateMasks(origSize, timings, counts);
-    if (this.options.minMaskRegionArea > 0) {
+    // SAM 2's generate() never post-processes small regions (min_mask_region_area only reaches its predictor).
+    if (this.options.minMaskRegionArea > 0 && this.options.family !== 'sam2') {
       data = timings.timeSync('postprocess', () =>
         postprocessSmallRegions(data, this.options.minMaskRegionArea, Math.max(this.options.boxNmsThresh, this.options.cropNmsThresh)),
       );
     }
     const records: MaskRecord<CompactRle>[] = [];
+    const sam2 = this.options.family === 'sam2';
     for (let i = 0; i < data.n; i++) {
       const rle = data.rles[i];
       if (!rle) throw new Error('internal: a mask left its crop without its RLE');
       records.push({
+        // SAM 2's MaskData.to_numpy makes every column float32: boxes are written as floats.
+        ...(sam2 ? { floatBoxes: true } : {}),
         segmentation: rle,
         area: data.areas[i],
         bbox: boxXyxyToXywh(data.box(i)),
@@ -297,12 +329,16 @@ export class SamAutomaticMaskGenerator {
     const [cropH, cropW] = cropSize;
     // points_for_image = grid * [w, h], in crop pixels.
     const grid = this.pointGrids[layerIdx];
+    const sam2 = this.options.family === 'sam2';
+    // SAM 2 casts the points (grid times crop size, in float64) to float32.
+    const f = sam2 ? Math.fround : (v: number): number => v;
     const pointsForImage = new Float64Array(grid.length);
     for (let i = 0; i < grid.length; i += 2) {
-      pointsForImage[i] = grid[i] * cropW;
-      pointsForImage[i + 1] = grid[i + 1] * cropH;
+      pointsForImage[i] = f(grid[i] * cropW);
+      pointsForImage[i + 1] = f(grid[i + 1] * cropH);
     }
-    const upscale = createUpscaler(inputSize, cropSize);
+    // SAM 2 upscales the low-res logits straight to the crop size (no padding to remove).
+    const upscale = sam2 ? createSam2Upscaler(cropSize) : createUpscaler(inputSize, cropSize);
     const ctx: BatchContext = {
       cropBox,
       cropSize,
@@ -332,7 +368,7 @@ export class SamAutomaticMaskGenerator {
       if (!lowRes) continue;
       const t0 = performance.now();
       ctx.upscale(lowRes, ctx.logits, ctx.floor);
-      const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, this.options.stabilityScoreOffset, ctx.mask, ctx.upscale);
+      const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, maskThresholdOf(this.options), this.options.stabilityScoreOffset, ctx.mask, ctx.upscale);
       timings.add('postprocess', performance.now() - t0);
       const b = kept.box(i);
       if (stats.box.some((v, k) => v !== b[k])) throw new Error('internal: a mask upscaled again differs from the first time');
@@ -350,8 +386,8 @@ export class SamAutomaticMaskGenerator {
       kept.boxes[i * 4 + 1] += y0;
       kept.boxes[i * 4 + 2] += x0;
       kept.boxes[i * 4 + 3] += y0;
-      kept.points[i * 2] += x0;
-      kept.points[i * 2 + 1] += y0;
+      kept.points[i * 2] = f(kept.points[i * 2] + x0);
+      kept.points[i * 2 + 1] = f(kept.points[i * 2 + 1] + y0);
     }
     return kept;
   }
@@ -443,7 +479,7 @@ export class SamAutomaticMaskGenerator {
         const low = lowResLogits.subarray(l * lowLen, (l + 1) * lowLen);
         allocateScratch(ctx);
         ctx.upscale(low, ctx.logits, ctx.floor);
-        const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, MASK_THRESHOLD, o.stabilityScoreOffset, ctx.mask, ctx.upscale);
+        const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, maskThresholdOf(o), o.stabilityScoreOffset, ctx.mask, ctx.upscale);
         const keep =
           (o.stabilityScoreThresh <= 0 || stats.stabilityScore >= stabilityThresh) &&
           !isBoxNearCropEdge(stats.box, cropBox, origBox);
@@ -503,7 +539,8 @@ interface BatchContext {
 
 /** The lowest of the thresholds the generator compares upscaled logits with. */
 function logitFloor(o: AmgOptions): number {
-  const t = [MASK_THRESHOLD, MASK_THRESHOLD - o.stabilityScoreOffset, MASK_THRESHOLD + o.stabilityScoreOffset];
+  const m = maskThresholdOf(o);
+  const t = [m, m - o.stabilityScoreOffset, m + o.stabilityScoreOffset];
   if (o.promptStrategy === 'hierarchical') t.push(o.highScoreThresh);
   return Math.min(...t.map(Math.fround));
 }

@@ -4,7 +4,7 @@
  * engine options `sam auto` and `sam worker` share (how the model runs; same outputs either way).
  */
 import { Option, type Command } from 'commander';
-import { AMG_DEFAULTS, PROMPT_STRATEGIES, type AmgOptions } from '../amg/generator.js';
+import { AMG_DEFAULTS, PROMPT_STRATEGIES, SAM2_AMG_DEFAULTS, type AmgOptions } from '../amg/generator.js';
 import type { DecoderChoice } from '../engine/model.js';
 import { readPointGrids } from '../io/point-grids.js';
 import { OUTPUT_MODES, type OutputMode } from '../output/records.js';
@@ -36,7 +36,7 @@ export function addAmgOptions(cmd: Command): Command {
   return cmd
     .option('--points-per-side <n>', 'points sampled along one side of the image (grid of n*n prompts)', parseIntOption('--points-per-side', 1, 1024), d.pointsPerSide!)
     .option('--points-per-batch <n>', "amg.py's batch size; accepted for compatibility, results do not depend on it (decoder calls take up to 4 prompts, see README)", parseIntOption('--points-per-batch', 1, 65536), d.pointsPerBatch)
-    .option('--pred-iou-thresh <x>', "keep masks whose predicted IoU is above this (0 keeps all)", parseFloatOption('--pred-iou-thresh', 0, 1), d.predIouThresh)
+    .option('--pred-iou-thresh <x>', `keep masks whose predicted IoU is above this (0 keeps all; SAM 2 models: default ${SAM2_AMG_DEFAULTS.predIouThresh})`, parseFloatOption('--pred-iou-thresh', 0, 1), d.predIouThresh)
     .option('--stability-score-thresh <x>', 'keep masks whose stability score is at least this', parseFloatOption('--stability-score-thresh', 0, 1), d.stabilityScoreThresh)
     .option('--stability-score-offset <x>', 'logit offset used for the stability score', parseFloatOption('--stability-score-offset', 0, 1e6), d.stabilityScoreOffset)
     .option('--box-nms-thresh <x>', 'box IoU above which the lower-scoring duplicate mask is removed', parseFloatOption('--box-nms-thresh', 0, 1), d.boxNmsThresh)
@@ -54,6 +54,9 @@ export function addAmgOptions(cmd: Command): Command {
       d.cropNPointsDownscaleFactor,
     )
     .option('--min-mask-region-area <n>', 'fill holes and remove islands smaller than this many pixels (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
+    .option('--use-m2m', "SAM 2 models only: refine every candidate mask once, prompted with its own point and its own low-res mask (SAM2AutomaticMaskGenerator's use_m2m)")
+    .option('--mask-threshold <x>', 'SAM 2 models only: logits above this are mask (default 0)', parseFloatOption('--mask-threshold', -1e6, 1e6))
+    .option('--no-multimask-output', "SAM 2 models only: one mask per point from the single-mask decoder instead of 3 (SAM 2's multimask_output=False)")
     .option('--point-grids <file>', 'JSON array of point grids, one per crop layer, each [[x,y],...] in 0..1 (replaces --points-per-side)')
     .addOption(
       new Option(
@@ -108,8 +111,35 @@ async function pointGridsOption(opts: AmgCliOptions, cmd: Command): Promise<Floa
   return pointGrids;
 }
 
-/** The generator's options from the command line (checked; --point-grids read). */
-export async function amgOptionsFrom(opts: AmgCliOptions, cmd: Command): Promise<Partial<AmgOptions>> {
+/** SAM 2's options, for messages. */
+const SAM2_ONLY = [
+  ['useM2m', '--use-m2m'],
+  ['maskThreshold', '--mask-threshold'],
+  ['multimaskOutput', '--no-multimask-output'],
+] as const;
+
+/**
+ * The generator's options from the command line (checked; --point-grids read) for a model of
+ * `family`: SAM 2's defaults and options for 'sam2', SAM's for 'sam'. `v1Why` ends the message
+ * refusing a SAM 2 option (why the model is taken as SAM v1).
+ */
+export async function amgOptionsFrom(
+  opts: AmgCliOptions,
+  cmd: Command,
+  family: 'sam' | 'sam2' = 'sam',
+  v1Why = 'this command runs SAM (v1) and MobileSAM models only',
+): Promise<Partial<AmgOptions>> {
+  const given = (key: string): boolean => cmd.getOptionValueSource(key) === 'cli';
+  const sam2 = family === 'sam2';
+  if (!sam2) {
+    for (const [key, flag] of SAM2_ONLY) {
+      if (given(key)) throw usageError(`${flag} applies to SAM 2 models only (an option of SAM 2's generator); ${v1Why}: drop ${flag}`);
+    }
+  } else if (opts.minMaskRegionArea > 0) {
+    throw usageError(
+      "--min-mask-region-area applies to SAM (v1) models only: SAM 2's generator never post-processes small regions (it only hands the value to its predictor's hole filling, which needs SAM 2's CUDA extension and is not implemented here); drop it",
+    );
+  }
   const pointGrids = await pointGridsOption(opts, cmd);
   if (opts.embeddings && (await isFile(opts.embeddings))) {
     throw usageError(`--embeddings ${opts.embeddings} is a file; give the folder 'sam embed --out' wrote (one file per image is 'sam segment --embedding FILE')`);
@@ -130,5 +160,14 @@ export async function amgOptionsFrom(opts: AmgCliOptions, cmd: Command): Promise
     promptStrategy: opts.promptStrategy,
     highScoreThresh: opts.highScoreThresh,
     sparseStride: opts.sparseStride,
+    ...(sam2
+      ? {
+          family: 'sam2' as const,
+          predIouThresh: given('predIouThresh') ? opts.predIouThresh : SAM2_AMG_DEFAULTS.predIouThresh!,
+          maskThreshold: opts.maskThreshold ?? SAM2_AMG_DEFAULTS.maskThreshold!,
+          useM2m: opts.useM2m ?? false,
+          multimaskOutput: opts.multimaskOutput !== false,
+        }
+      : {}),
   };
 }

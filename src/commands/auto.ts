@@ -87,18 +87,26 @@ export function registerAuto(program: Command, setExit: (code: number) => void):
 
 /** The whole run: inputs → model → every image through pipeline/auto.ts → COCO → summary; returns the exit code. */
 async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promise<number> {
-  const amg = await amgOptionsFrom(opts, cmd);
   const outputMode = outputModeOf(opts);
   const jobs = opts.jobs;
   const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / jobs));
 
   const items = selectShard(await collectInputs(inputs), opts.shard);
   const model = await openModel(opts.model, { threads });
-  model.requireSamV1('sam auto');
+  const sam2 = model.family === 'sam2';
+  const amg = await amgOptionsFrom(opts, cmd, model.family, `${opts.model} is a SAM (v1) model`);
+  if (sam2 && opts.decoder !== 'auto') {
+    throw usageError(`--decoder ${opts.decoder} applies to SAM (v1) models only: a SAM 2 folder has one multimask decoder (and a single-mask one), not the split or batched variants; drop --decoder`);
+  }
   // Load the sessions now so a bad model fails once, not once per image.
   const loadEncoder = !opts.embeddings || opts.cropNLayers > 0;
   let engine: AmgWorker | undefined;
-  if (opts.pipeline) {
+  if (sam2) {
+    // SAM 2 runs on this thread (pipeline/auto.ts); its decoders load here.
+    await model.sam2Decoder(amg.multimaskOutput !== false);
+    if (amg.useM2m) await model.sam2Decoder(false);
+    if (loadEncoder) await model.encoder();
+  } else if (opts.pipeline) {
     engine = await AmgWorker.start({ modelDir: model.dir, threads, decoder: opts.decoder, encoder: loadEncoder });
   } else {
     await model.amgDecoder(opts.decoder);

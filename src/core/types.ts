@@ -61,4 +61,6 @@ export interface MaskRecord<S = CocoRle> {
   point_coords: [number, number][];
   stability_score: number;
   crop_box: BoxXywh;
+  /** bbox and crop_box are written as floats (`0.0`), as SAM 2's generator does; absent: ints (SAM). */
+  floatBoxes?: boolean;
 }

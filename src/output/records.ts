@@ -52,10 +52,11 @@ const ints = (v: ArrayLike<number>): string => `[${Array.prototype.join.call(v, 
 /** A record's JSON up to its counts, and from its counts on (Python's json.dump, same key order). */
 function recordJsonParts(r: MaskRecord<unknown>, size: ArrayLike<number>): [string, string] {
   const points = `[${r.point_coords.map((p) => `[${pyFloat(p[0])}, ${pyFloat(p[1])}]`).join(', ')}]`;
+  const box = r.floatBoxes ? (v: ArrayLike<number>): string => `[${Array.from(v, pyFloat).join(', ')}]` : ints;
   return [
     `{"segmentation": {"size": ${ints(size)}, "counts": `,
-    `}, "area": ${r.area}, "bbox": ${ints(r.bbox)}, "predicted_iou": ${pyFloat(r.predicted_iou)}, ` +
-      `"point_coords": ${points}, "stability_score": ${pyFloat(r.stability_score)}, "crop_box": ${ints(r.crop_box)}}`,
+    `}, "area": ${r.area}, "bbox": ${box(r.bbox)}, "predicted_iou": ${pyFloat(r.predicted_iou)}, ` +
+      `"point_coords": ${points}, "stability_score": ${pyFloat(r.stability_score)}, "crop_box": ${box(r.crop_box)}}`,
   ];
 }
 

@@ -1,0 +1,136 @@
+/**
+ * The generator's view of a SAM 2 model (SAM2AutomaticMaskGenerator's use of SAM2ImagePredictor):
+ * each crop is preprocessed as SAM 2 does (square resize) and encoded into image_embed and the
+ * two high-res features; batches of single foreground points (label 1, no padding point: the
+ * decoder graph appends it) go to the 1024 frame as x/w·1024, y/h·1024 in float32.
+ *
+ * With use_m2m every candidate mask (K per point) is predicted once more with its own point and
+ * its own clamped low-res logits as mask_input, by the single-mask decoder; the refined logits and
+ * IoU replace the candidate's, so the generator filters and scores the refined masks as SAM 2 does.
+ */
+import * as ort from 'onnxruntime-node';
+import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH } from '../core/constants.js';
+import { StageTimes } from '../core/timings.js';
+import type { AmgPredictor, PointPrediction } from '../amg/predictor.js';
+import type { BoxXyxy, Size } from '../core/types.js';
+import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
+import { cropImage, preprocessSam2, type RgbImage } from '../io/image.js';
+import { modelError } from '../util/errors.js';
+import type { EncoderSession, Sam2DecoderSession } from './model.js';
+import type { ImageState } from './predictor.js';
+
+/**
+ * Prompts per decoder call (rows are computed independently, so results do not depend on it); it
+ * bounds the decoder's intermediates that onnxruntime's arena keeps, as DECODER_CHUNK does for SAM.
+ */
+export const SAM2_DECODER_CHUNK = 4;
+
+/** SAM2Transforms.transform_coords(normalize=True) of crop-pixel points [n, 2], in float32. */
+export function sam2PointCoords(points: ArrayLike<number>, [h, w]: Size): Float32Array {
+  const f = Math.fround;
+  const out = new Float32Array(points.length);
+  for (let i = 0; i < points.length; i += 2) {
+    out[i] = f(f(f(points[i]) / w) * IMAGE_SIZE);
+    out[i + 1] = f(f(f(points[i + 1]) / h) * IMAGE_SIZE);
+  }
+  return out;
+}
+
+export class Sam2AmgPredictor implements AmgPredictor {
+  private feeds?: Record<string, ort.Tensor>;
+  private cropSize: Size = [0, 0];
+
+  constructor(
+    private readonly encoder: EncoderSession | undefined,
+    /** The multimask decoder (multimask_output) or the single-mask one. */
+    private readonly decoder: Sam2DecoderSession,
+    /** The single-mask decoder for use_m2m's refinement; undefined: no refinement. */
+    private readonly refiner: Sam2DecoderSession | undefined,
+    private readonly image: RgbImage,
+    private readonly timings: StageTimes = new StageTimes(),
+    /** A stored embedding of the whole image (sam embed), used for crop 0 instead of the encoder. */
+    private readonly fullImage?: ImageState,
+  ) {}
+
+  async setCrop(cropBox: BoxXyxy): Promise<{ cropSize: Size; inputSize: Size }> {
+    const [x0, y0, x1, y1] = cropBox;
+    const isFull = x0 === 0 && y0 === 0 && x1 === this.image.width && y1 === this.image.height;
+    let embeddings: Float32Array;
+    let highResFeats: readonly [Float32Array, Float32Array];
+    let size: Size;
+    if (isFull && this.fullImage) {
+      if (!this.fullImage.highResFeats) throw modelError('internal: a SAM 2 embedding without its high-res features');
+      embeddings = this.fullImage.embeddings;
+      highResFeats = this.fullImage.highResFeats;
+      size = this.fullImage.originalSize;
+    } else {
+      if (!this.encoder) throw new Error('internal: no encoder for crop embedding');
+      const encoder = this.encoder;
+      const crop = cropImage(this.image, cropBox);
+      const input = this.timings.timeSync('preprocess', () => preprocessSam2(crop));
+      ({ embeddings, highResFeats } = await this.timings.time('encoder', () => encoder.runSam2(input)));
+      size = [crop.height, crop.width];
+    }
+    this.feeds = {
+      image_embed: new ort.Tensor('float32', embeddings, [...EMBEDDING_DIMS]),
+      high_res_feats_0: new ort.Tensor('float32', highResFeats[0], [...SAM2_HIGH_RES_DIMS[0]]),
+      high_res_feats_1: new ort.Tensor('float32', highResFeats[1], [...SAM2_HIGH_RES_DIMS[1]]),
+    };
+    this.cropSize = size;
+    return { cropSize: size, inputSize: [IMAGE_SIZE, IMAGE_SIZE] };
+  }
+
+  /** Every prompt's logits are returned (the decoder computes them all anyway). */
+  async predictPoints(points: Float32Array): Promise<PointPrediction> {
+    const feeds = this.feeds;
+    if (!feeds) throw new Error('internal: predictPoints before setCrop');
+    const b = points.length / 2;
+    const coords = sam2PointCoords(points, this.cropSize);
+    const labels = new Float32Array(b).fill(1);
+    const t0 = performance.now();
+    let k = 0;
+    let iou = new Float32Array(0);
+    let logits = new Float32Array(0);
+    for (let start = 0; start < b; start += SAM2_DECODER_CHUNK) {
+      const rows = Math.min(SAM2_DECODER_CHUNK, b - start);
+      const r = await this.decoder.run(feeds, coords.subarray(start * 2, (start + rows) * 2), labels.subarray(start, start + rows), rows, 1);
+      if (k === 0) {
+        k = r.numMasks;
+        iou = new Float32Array(b * k);
+        logits = new Float32Array(b * k * LOW_RES_LENGTH);
+      }
+      iou.set(r.iouPredictions.subarray(0, rows * k), start * k);
+      logits.set(r.lowResMasks.subarray(0, rows * k * LOW_RES_LENGTH), start * k * LOW_RES_LENGTH);
+    }
+    if (this.refiner && b > 0) await this.refine(this.refiner, feeds, coords, b, k, iou, logits);
+    this.timings.add('decoder', performance.now() - t0);
+    return { iouPredictions: iou, masksPerPoint: k, lowResLogits: logits };
+  }
+
+  /** use_m2m: candidate j (point j / k) again, with its logits as mask_input; results replace it in place. */
+  private async refine(
+    refiner: Sam2DecoderSession,
+    feeds: Record<string, ort.Tensor>,
+    coords: Float32Array,
+    b: number,
+    k: number,
+    iou: Float32Array,
+    logits: Float32Array,
+  ): Promise<void> {
+    const n = b * k;
+    for (let start = 0; start < n; start += SAM2_DECODER_CHUNK) {
+      const rows = Math.min(SAM2_DECODER_CHUNK, n - start);
+      const c = new Float32Array(rows * 2);
+      for (let i = 0; i < rows; i++) {
+        const p = Math.floor((start + i) / k);
+        c[2 * i] = coords[2 * p];
+        c[2 * i + 1] = coords[2 * p + 1];
+      }
+      const maskInput = logits.slice(start * LOW_RES_LENGTH, (start + rows) * LOW_RES_LENGTH);
+      const r = await refiner.run(feeds, c, new Float32Array(rows).fill(1), rows, 1, maskInput);
+      if (r.numMasks !== 1) throw modelError(`${refiner.file}: the single-mask SAM 2 decoder returned ${r.numMasks} masks per prompt`);
+      iou.set(r.iouPredictions.subarray(0, rows), start);
+      logits.set(r.lowResMasks.subarray(0, rows * LOW_RES_LENGTH), start * LOW_RES_LENGTH);
+    }
+  }
+}
