@@ -477,20 +477,9 @@ export class SamModel {
    * decoder, else the manifest's batched decoder, else the main one (batched or not); 'split' and
    * 'batched' require theirs; 'single' is the main decoder (the caller then makes one call per prompt).
    */
-  async promptDecoder(choice: PromptDecoderChoice = 'auto'): Promise<DecoderSession | SplitDecoderSession> {
-    if (choice === 'single') return this.decoder();
-    if (choice === 'split' || choice === 'auto') {
-      const split = await this.splitDecoder();
-      if (split) return split;
-      if (choice === 'split') {
-        throw modelError(`${this.dir}: no split decoder (manifest "splitDecoder"); run 'sam models convert' on the checkpoint again to add it, or drop --decoder split`);
-      }
-    }
-    const batched = (await this.batchedDecoder()) ?? (await this.decoder());
-    if (choice === 'batched' && !batched.batched) {
-      throw modelError(`${this.dir}: no batched decoder (manifest "batchedDecoder", or a decoder with a dynamic batch); convert the model with 'sam models convert' or drop --decoder batched`);
-    }
-    return batched;
+  promptDecoder(choice: PromptDecoderChoice = 'auto'): Promise<DecoderSession | SplitDecoderSession> {
+    // The same choice as automatic mask generation's: one rule for which decoder serves many prompts.
+    return this.amgDecoder(choice);
   }
 }
 
