@@ -11,8 +11,8 @@ import { readMaskInput } from '../io/mask-input.js';
 import { describeMasks, writeMaskPng, writeOverlayPng } from '../output/masks.js';
 import { openModel } from '../hub/resolve.js';
 import { encodeNpyFloat32 } from '../io/npy.js';
-import { SamPredictor, embedImage, imageStateFromEmbedding } from '../engine/predictor.js';
-import { Sam2Predictor } from '../engine/sam2-predictor.js';
+import { SamPredictor, embedImage, imageStateFromEmbedding, type Prediction } from '../engine/predictor.js';
+import { predictSam2 } from '../engine/sam2-predictor.js';
 import { parseFloatOption, parseIntOption } from './common.js';
 import type { PromptDecoderChoice } from '../engine/model.js';
 import { parseShard, type Shard } from './auto.js';
@@ -185,10 +185,17 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
   const multimask = opts.multimask ?? (opts.single ? false : (opts.points?.length ?? 0) === 1 && !opts.box && !maskInput);
 
   const prompt = { points: opts.points, box: opts.box, maskInput };
-  // SAM 2 has one graph per output kind: 3 multimask outputs, or the single mask.
-  const prediction = decoder
-    ? await new SamPredictor(decoder, state).predict(prompt, multimask)
-    : await new Sam2Predictor(await model.sam2Decoder(multimask), state).predict(prompt);
+  let prediction: Prediction;
+  if (decoder) prediction = await new SamPredictor(decoder, state).predict(prompt, multimask);
+  else {
+    const r = await predictSam2(model, state, prompt, multimask);
+    if (r.bestOfMultimask) {
+      process.stderr.write(
+        `sam: warning: ${model.dir} has no SAM 2 single-mask decoder (samexporter exports only the multimask one); using the best of its 3 masks by predicted IoU. Convert the checkpoint with 'sam models convert' for SAM 2's own single-mask output, or pass --multimask\n`,
+      );
+    }
+    prediction = r.prediction;
+  }
   const [h, w] = prediction.size;
   const { masks, records } = describeMasks(prediction.masks, prediction.iouPredictions, h, w);
   let best = 0;
@@ -224,3 +231,4 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
     await writeOverlayPng(opts.overlay, image, order.map((i) => masks[i]), { points: opts.points, box: opts.box });
   }
 }
+

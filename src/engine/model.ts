@@ -320,6 +320,8 @@ export class SamModel {
     readonly decoderPath: string,
     readonly manifest: ModelManifest | undefined,
     private readonly options: SessionOptions,
+    /** The family read from the decoder's input names, for a folder without manifest.json. */
+    private readonly detectedFamily?: ModelFamily,
   ) {}
 
   /**
@@ -353,25 +355,36 @@ export class SamModel {
       }
       return new SamModel(abs, enc, dec, manifest, options);
     }
-    const { encoder, decoder } = await autodetect(abs, options);
-    return new SamModel(abs, encoder, decoder, undefined, options);
+    const { encoder, decoder, family } = await autodetect(abs, options);
+    return new SamModel(abs, encoder, decoder, undefined, options, family);
   }
 
-  /** The model family (manifest "family"); SAM 1 and MobileSAM are 'sam'. */
+  /** The model family (manifest "family", else read from the decoder's inputs); SAM 1 and MobileSAM are 'sam'. */
   get family(): ModelFamily {
-    return this.manifest?.family ?? 'sam';
+    return this.manifest?.family ?? this.detectedFamily ?? 'sam';
   }
 
   /**
-   * SAM 2's decoder: the multimask graph (manifest "decoder", 3 masks) or the single-mask graph
-   * (manifest "singleMaskDecoder", 1 mask), loaded once each.
+   * Whether a SAM 2 model has the single-mask decoder (mask token 0). `sam models convert` writes
+   * it; a samexporter folder (export_sam2.py) holds only the multimask graph.
+   */
+  get hasSam2SingleMaskDecoder(): boolean {
+    return this.family === 'sam2' && typeof this.manifest?.singleMaskDecoder === 'string';
+  }
+
+  /**
+   * SAM 2's decoder: the multimask graph (manifest "decoder", or the autodetected decoder; 3 masks)
+   * or the single-mask graph (manifest "singleMaskDecoder", 1 mask), loaded once each.
    */
   sam2Decoder(multimask: boolean): Promise<Sam2DecoderSession> {
-    const name = multimask ? this.manifest?.decoder : this.manifest?.singleMaskDecoder;
-    if (this.family !== 'sam2' || typeof name !== 'string') {
-      throw modelError(`${this.dir}: no SAM 2 ${multimask ? 'multimask' : 'single-mask'} decoder in manifest.json; convert the checkpoint again with 'sam models convert'`);
+    if (this.family !== 'sam2') throw modelError(`internal: ${this.dir} is not a SAM 2 model`);
+    const name = multimask ? this.decoderPath : this.manifest?.singleMaskDecoder;
+    if (typeof name !== 'string') {
+      throw modelError(
+        `${this.dir}: this SAM 2 model has no single-mask decoder (${this.manifest ? 'manifest.json names no "singleMaskDecoder"' : 'a samexporter-style folder holds only the multimask one'}); convert the official checkpoint with 'sam models convert' to get it, or drop the options that need it (--use-m2m, --no-multimask-output)`,
+      );
     }
-    const file = join(this.dir, name);
+    const file = resolve(this.dir, name);
     const cached = this.sam2Decoders.get(file);
     if (cached) return cached;
     const p = createSession(file, this.options).then((s) => {
@@ -503,27 +516,37 @@ function parseManifest(path: string, text: string): ModelManifest {
   return { format: 'sam-onnx/1', id: typeof m.id === 'string' ? m.id : basename(path), ...m } as ModelManifest;
 }
 
-/** Without a manifest: pick encoder/decoder by file name, else by the ONNX input names. */
-async function autodetect(dir: string, options: SessionOptions): Promise<{ encoder: string; decoder: string }> {
+/**
+ * Without a manifest: pick encoder/decoder by file name, else by the ONNX input names. The family
+ * comes from the decoder's inputs: SAM 2's (samexporter's export_sam2.py, ours) take image_embed
+ * and the two high-res feature maps, SAM's take image_embeddings.
+ */
+async function autodetect(dir: string, options: SessionOptions): Promise<{ encoder: string; decoder: string; family: ModelFamily }> {
   const onnx = (await readdir(dir)).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
   const fix = 'put the encoder and decoder .onnx files there, or write manifest.json (see README "Models")';
   if (onnx.length < 2) throw modelError(`model folder ${dir} holds ${onnx.length} .onnx file(s), need an encoder and a decoder; ${fix}`);
   const byName = (word: string): string[] => onnx.filter((f) => f.toLowerCase().includes(word));
   const enc = byName('encoder');
   const dec = byName('decoder');
-  if (enc.length === 1 && dec.length === 1 && enc[0] !== dec[0]) return { encoder: join(dir, enc[0]), decoder: join(dir, dec[0]) };
+  const familyOf = (inputs: readonly string[]): ModelFamily => (Object.keys(SAM2_DECODER_INPUTS).every((n) => inputs.includes(n)) ? 'sam2' : 'sam');
+  if (enc.length === 1 && dec.length === 1 && enc[0] !== dec[0]) {
+    const s = await createSession(join(dir, dec[0]), { ...options, threads: 1 });
+    const family = familyOf(s.inputNames);
+    await s.release();
+    return { encoder: join(dir, enc[0]), decoder: join(dir, dec[0]), family };
+  }
   const encoders: string[] = [];
-  const decoders: string[] = [];
+  const decoders: { file: string; family: ModelFamily }[] = [];
   for (const f of onnx) {
     const s = await createSession(join(dir, f), { ...options, threads: 1 });
-    if (s.inputNames.includes('point_coords')) decoders.push(f);
+    if (s.inputNames.includes('point_coords')) decoders.push({ file: f, family: familyOf(s.inputNames) });
     else if (s.inputNames.length === 1) encoders.push(f);
     await s.release();
   }
   if (encoders.length !== 1 || decoders.length !== 1) {
     throw modelError(
-      `model folder ${dir}: cannot tell encoder from decoder (encoders: ${encoders.join(', ') || 'none'}; decoders: ${decoders.join(', ') || 'none'}); write manifest.json naming them (see README "Models")`,
+      `model folder ${dir}: cannot tell encoder from decoder (encoders: ${encoders.join(', ') || 'none'}; decoders: ${decoders.map((d) => d.file).join(', ') || 'none'}); write manifest.json naming them (see README "Models")`,
     );
   }
-  return { encoder: join(dir, encoders[0]), decoder: join(dir, decoders[0]) };
+  return { encoder: join(dir, encoders[0]), decoder: join(dir, decoders[0].file), family: decoders[0].family };
 }

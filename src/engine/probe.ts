@@ -74,6 +74,11 @@ async function probeSam2Decoders(model: SamModel, emb: ort.Tensor): Promise<Prob
   };
   const checks: ProbeCheck[] = [];
   for (const [what, multimask, want] of [['decoder (multimask)', true, 3], ['single-mask decoder', false, 1]] as const) {
+    if (!multimask && !model.hasSam2SingleMaskDecoder) {
+      // A samexporter folder: single-mask requests get the best multimask mask (sam2-predictor.ts bestMaskOf).
+      checks.push({ ok: true, what, detail: 'none in this folder (samexporter exports only the multimask one): single-mask prompts use the best of 3 masks, --use-m2m and --no-multimask-output are refused' });
+      continue;
+    }
     const dec = await model.sam2Decoder(multimask);
     // Two prompts of a box and a click: point_coords [2, 3, 2].
     const coords = Float32Array.from([10, 10, 500, 400, 200, 200, 100, 100, 900, 900, 512, 512]);

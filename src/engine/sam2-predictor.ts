@@ -11,7 +11,7 @@ import { createSam2Upscaler } from '../core/upscale.js';
 import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
 import { inputError, modelError } from '../util/errors.js';
 import { LABEL, promptProblem, type ImageState, type Prediction, type Prompt } from './predictor.js';
-import type { Sam2DecoderSession } from './model.js';
+import type { SamModel, Sam2DecoderSession } from './model.js';
 
 /** point_coords [N, 2] in the 1024 frame and point_labels [N]: box corners (labels 2, 3), then the points. */
 export function sam2PromptArrays(prompt: Pick<Prompt, 'points' | 'box'>, [h, w]: Size): { coords: Float32Array; labels: Float32Array } {
@@ -64,4 +64,32 @@ export class Sam2Predictor {
     for (let i = 0; i < count; i++) upscale(res.lowResMasks.subarray(i * LOW_RES_LENGTH, (i + 1) * LOW_RES_LENGTH), masks.subarray(i * h * w, (i + 1) * h * w));
     return { masks, iouPredictions: res.iouPredictions, lowResMasks: res.lowResMasks, count, size: [h, w] };
   }
+}
+
+/**
+ * The mask with the highest predicted IoU of a multimask prediction, alone: what a folder without
+ * SAM 2's single-mask decoder (samexporter's export) answers for a single-mask request, as
+ * samexporter's own inference does. SAM2ImagePredictor would return mask token 0 instead.
+ */
+export function bestMaskOf(p: Prediction): Prediction {
+  let best = 0;
+  for (let i = 1; i < p.count; i++) if (p.iouPredictions[i] > p.iouPredictions[best]) best = i;
+  const [h, w] = p.size;
+  return {
+    masks: p.masks.slice(best * h * w, (best + 1) * h * w),
+    iouPredictions: p.iouPredictions.slice(best, best + 1),
+    lowResMasks: p.lowResMasks.slice(best * LOW_RES_LENGTH, (best + 1) * LOW_RES_LENGTH),
+    count: 1,
+    size: p.size,
+  };
+}
+
+/**
+ * One SAM 2 prediction through the graph of the output kind asked for. A folder without the
+ * single-mask graph (samexporter's) answers a single-mask request with bestMaskOf the multimask
+ * graph's masks (`bestOfMultimask`: the caller says so).
+ */
+export async function predictSam2(model: SamModel, state: ImageState, prompt: Prompt, multimask: boolean): Promise<{ prediction: Prediction; bestOfMultimask: boolean }> {
+  if (multimask || model.hasSam2SingleMaskDecoder) return { prediction: await new Sam2Predictor(await model.sam2Decoder(multimask), state).predict(prompt), bestOfMultimask: false };
+  return { prediction: bestMaskOf(await new Sam2Predictor(await model.sam2Decoder(true), state).predict(prompt)), bestOfMultimask: true };
 }

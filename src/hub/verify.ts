@@ -41,7 +41,10 @@ export async function verifyModel(arg: string, log: (c: Check) => void): Promise
   const manifestPath = join(dir, 'manifest.json');
   const text = await readFile(manifestPath, 'utf8').catch(() => undefined);
   if (text === undefined) {
-    throw modelError(`${dir} has no manifest.json, so there are no checksums to verify; convert the model with 'sam models convert', or write a manifest (see README "Models")`);
+    // A folder of exported .onnx files (the official export, samexporter): nothing to checksum, but the sessions can still be tried.
+    report({ ok: true, what: 'manifest.json', detail: 'none: encoder and decoder found by file name or ONNX inputs, no checksums to check (sam models convert writes them)' });
+    await probe(dir, report);
+    return { dir, problems };
   }
   let manifest: ManifestFiles;
   try {
@@ -84,11 +87,18 @@ export async function verifyModel(arg: string, log: (c: Check) => void): Promise
   // Loading a file whose bytes are known to be wrong proves nothing; stop at the first kind of problem.
   if (problems.length > 0) return { dir, problems };
 
+  await probe(dir, report);
+  return { dir, problems };
+}
+
+/** Load the folder's sessions and run the engine's test prompts (engine/probe.ts). */
+async function probe(dir: string, report: (c: Check) => void): Promise<void> {
   try {
-    for (const c of await probeModel(await SamModel.open(dir, { threads: 1 }))) report(c);
+    const model = await SamModel.open(dir, { threads: 1 });
+    if (!model.manifest) report({ ok: true, what: 'family', detail: `${model.family === 'sam2' ? 'SAM 2' : 'SAM (v1 / MobileSAM)'}, from the decoder's inputs` });
+    for (const c of await probeModel(model)) report(c);
   } catch (err) {
     if (!(err instanceof SamError)) throw err;
     report({ ok: false, what: 'sessions', detail: errorMessage(err) });
   }
-  return { dir, problems };
 }
