@@ -2,8 +2,8 @@
  * SAM 2 end to end: `sam models convert` on the golden random sam2.1_hiera_tiny checkpoint, then
  * the engine against the official outputs (../shared/golden/sam2): the decoder cases through
  * Sam2Predictor on the official features, and embed / segment (point, box, mask input) through
- * the CLI on dog.jpg. Commands without a SAM 2 path yet refuse it in one line; embeddings and
- * checkpoints never cross families.
+ * the CLI on dog.jpg; embeddings and checkpoints never cross families. `sam segment --prompts`
+ * on SAM 2 is in test/sam2-prompts.test.ts, `sam queue` / `sam worker` in test/sam2-queue.test.ts.
  */
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -141,19 +141,6 @@ describe('SAM 2.1 tiny converted by sam models convert', () => {
     const e = await runSam(['segment', dog, '--model', modelDir, '--embedding', path.join(out('emb'), 'dog.safetensors'), '--points', '320,300', '--out', viaEmb]);
     expect(e.code, e.stderr).toBe(0);
     expect(readFileSync(viaEmb, 'utf8').replace(/"image":"[^"]*",/, '')).toBe(readFileSync(point, 'utf8').replace(/"image":"[^"]*",/, ''));
-  });
-
-  it('commands without a SAM 2 path yet refuse it in one line (exit 3)', async () => {
-    writeFileSync(out('p.jsonl'), '{"image": "dog.jpg", "box": [1, 1, 50, 50]}\n');
-    // sam auto has its SAM 2 path (test/sam2-auto.test.ts).
-    for (const args of [
-      ['segment', imagesDir, '--prompts', out('p.jsonl'), '--model', modelDir, '--out', out('p')],
-    ]) {
-      const r = await runSam(args);
-      expect(r.code, r.stderr).toBe(3);
-      expect(r.stderr).toMatch(/is a SAM 2 model; sam (auto|segment --prompts) runs SAM \(v1\) and MobileSAM models only so far/);
-      expect(r.stderr.trim().split('\n').filter((l) => l.includes('SAM 2 model'))).toHaveLength(1);
-    }
   });
 
   it('embeddings never cross families: a SAM 2 embedding on a SAM model, a SAM embedding on SAM 2 (exit 4)', async () => {

@@ -7,6 +7,7 @@ import { collectInputs } from '../io/inputs.js';
 import { matchPromptImages, readPrompts, type PromptedImage } from '../io/prompts.js';
 import type { PromptDecoderChoice } from '../engine/model.js';
 import { openModel } from '../hub/resolve.js';
+import { sam2PromptDecoders, type PromptDecoder } from '../engine/prompt-decoder.js';
 import { PROMPTED_COCO_DESCRIPTION, cleanStalePromptedOutputs, segmentPromptedImage, writePromptedCoco } from '../pipeline/prompted.js';
 import { removeStaleTemps } from '../util/atomic.js';
 import { selectShard, type Shard } from './auto.js';
@@ -59,9 +60,24 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
 
   const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / opts.jobs));
   const model = await openModel(opts.model, { threads });
-  model.requireSamV1('sam segment --prompts');
+  const multimask = opts.multimask ? true : opts.single ? false : undefined;
+  const sam2 = model.family === 'sam2';
+  if (sam2 && opts.decoder === 'split') {
+    throw usageError(`--decoder split applies to SAM (v1) models only: ${opts.model} is a SAM 2 model, whose folder has no split decoder; drop --decoder (its decoders take batches), or give --decoder single for one call per prompt`);
+  }
   // Load the sessions now so a bad model fails once, not once per image.
-  const decoder = await model.promptDecoder(opts.decoder);
+  let decoder: PromptDecoder;
+  if (sam2) {
+    const d = await sam2PromptDecoders(model, multimask);
+    if (multimask !== true && !d.single) {
+      process.stderr.write(
+        `sam: warning: ${model.dir} has no SAM 2 single-mask decoder; prompts other than a lone point get the best of its 3 masks by predicted IoU. Convert the checkpoint with 'sam models convert' for SAM 2's own single-mask output, or pass --multimask\n`,
+      );
+    }
+    decoder = d;
+  } else {
+    decoder = await model.promptDecoder(opts.decoder);
+  }
   if (!opts.embeddings) await model.encoder();
 
   const outDir = opts.out ?? partsDirFor(opts.coco!);
@@ -73,7 +89,7 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
     outDir,
     categories: set.categories,
     embeddingsDir: opts.embeddings,
-    multimask: opts.multimask ? true : opts.single ? false : undefined,
+    multimask,
     chunk: opts.decoder === 'single' ? 1 : undefined,
     force: opts.force ?? false,
   };

@@ -3,20 +3,28 @@
  * of points share batched-decoder calls of DECODER_CHUNK rows; a single-prompt decoder gets one
  * call each. The split decoder runs its image side once per image, then prompt side and mask side
  * per chunk: the same logits as the batched decoder without redoing the prompt-independent work.
- * Only the low-res logits are fetched: each prompt's chosen mask is upscaled here (core/upscale.ts,
- * sam.py postprocess_masks) and thresholded at 0 into one reused buffer, so memory holds one
- * image-sized plane, never [B, M, H, W]. The upscaler skips pixels certainly below 0, and the
- * threshold, area, box and RLE then cost the mask's extent, not the image's.
+ * SAM 2 (Sam2PromptDecoders) takes the prompts as SAM2ImagePredictor.predict does (box corners
+ * first, x/w·1024, y/h·1024, no padding point) in calls of SAM2_DECODER_CHUNK rows, per graph:
+ * the multimask one (3 masks) or the single-mask one (mask token 0); rows are computed
+ * independently, so a mask is the one `sam segment` gives for its prompt alone.
+ * Only the low-res logits are fetched: each prompt's chosen mask is upscaled here (core/upscale.ts:
+ * sam.py postprocess_masks, SAM 2 straight to the image size) and thresholded at 0 into one reused
+ * buffer, so memory holds one image-sized plane, never [B, M, H, W]. The upscaler skips pixels
+ * certainly below 0, and the threshold, area, box and RLE then cost the mask's extent, not the image's.
  */
 import * as ort from 'onnxruntime-node';
 import { EMBEDDING_DIMS, LOW_RES_LENGTH } from '../core/constants.js';
 import { RleEncoder, compactToCoco } from '../core/rle.js';
-import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle, PromptPoint } from '../core/types.js';
-import { createUpscaler } from '../core/upscale.js';
+import type { BinaryMask, BoxXywh, BoxXyxy, CocoRle, PromptPoint, Size } from '../core/types.js';
+import { createSam2Upscaler, createUpscaler, type Upscaler } from '../core/upscale.js';
+import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
+import { modelError } from '../util/errors.js';
 import { DECODER_CHUNK } from './amg-predictor.js';
-import { DecoderSession } from './model.js';
+import { DecoderSession, type SamModel, type Sam2DecoderSession } from './model.js';
 import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 import { promptArrays, type ImageState } from './predictor.js';
+import { SAM2_DECODER_CHUNK } from './sam2-amg-predictor.js';
+import { sam2PromptArrays } from './sam2-predictor.js';
 
 export interface BatchPrompt {
   points?: PromptPoint[];
@@ -25,11 +33,12 @@ export interface BatchPrompt {
 
 export interface PromptDecodeOptions {
   /**
-   * Multimask output (best of decoder masks 1..3 by predicted IoU) or mask 0. Default per prompt,
-   * as SAM recommends: multimask for a lone point, single mask otherwise.
+   * Multimask output (best of decoder masks 1..3 by predicted IoU; SAM 2: of its 3 masks) or the
+   * single mask (mask 0; SAM 2: the single-mask graph). Default per prompt, as SAM recommends:
+   * multimask for a lone point, single mask otherwise.
    */
   multimask?: boolean;
-  /** Rows per batched call (default DECODER_CHUNK); 1 forces one call per prompt. */
+  /** Rows per batched call (default DECODER_CHUNK, SAM 2: SAM2_DECODER_CHUNK); 1 forces one call per prompt. */
   chunk?: number;
 }
 
@@ -44,14 +53,112 @@ export interface PromptMask {
 /** Called once per prompt, in decoding order (grouped by point count), with the prompt's index. */
 export type OnPromptMask = (index: number, mask: PromptMask) => void | Promise<void>;
 
+/**
+ * SAM 2's graphs for many prompts: the multimask one (3 masks) and the single-mask one (mask
+ * token 0). Only those the prompts need are given (see sam2PromptDecoders); without the
+ * single-mask graph (a folder that lacks it) a single-mask prompt gets the multimask graph's best.
+ */
+export interface Sam2PromptDecoders {
+  readonly family: 'sam2';
+  multimask?: Sam2DecoderSession;
+  single?: Sam2DecoderSession;
+}
+
+/** What decodePrompts runs: a SAM (v1) decoder, its split form, or SAM 2's graphs. */
+export type PromptDecoder = DecoderSession | SplitDecoderSession | Sam2PromptDecoders;
+
+/** Whether a prompt takes multimask output: `multimask` when given, else a lone point without box. */
+const wantsMultimask = (p: BatchPrompt, multimask: boolean | undefined): boolean => multimask ?? ((p.points?.length ?? 0) === 1 && !p.box);
+
+/**
+ * The SAM 2 graphs prompts decoded with `multimask` (see PromptDecodeOptions) may need, loaded:
+ * undefined loads both (lone points take the multimask graph, the rest the single-mask one).
+ */
+export async function sam2PromptDecoders(model: SamModel, multimask?: boolean): Promise<Sam2PromptDecoders> {
+  const hasSingle = typeof model.manifest?.singleMaskDecoder === 'string';
+  const needMulti = multimask !== false || !hasSingle;
+  const [multi, single] = await Promise.all([needMulti ? model.sam2Decoder(true) : undefined, multimask !== true && hasSingle ? model.sam2Decoder(false) : undefined]);
+  return { family: 'sam2', multimask: multi, single };
+}
+
+/**
+ * Upscale one prompt's chosen low-res logits [256, 256], threshold > 0 into one reused image-sized
+ * plane, and describe the mask (area, tight box, RLE). The plane is zero but for the previous
+ * mask's ones, all inside its box: only that box is cleared between masks.
+ */
+class MaskPlane {
+  private readonly logits: Float32Array;
+  private readonly mask: BinaryMask;
+  private readonly rle = new RleEncoder();
+  /** Inclusive box of the ones the buffer holds (the previous mask), or undefined when none. */
+  private last: [number, number, number, number] | undefined;
+
+  constructor(
+    private readonly upscale: Upscaler,
+    [h, w]: Size,
+  ) {
+    this.logits = new Float32Array(h * w);
+    this.mask = { data: new Uint8Array(h * w), h, w };
+  }
+
+  describe(low: Float32Array, predictedIou: number): PromptMask {
+    const { upscale, logits } = this;
+    const { data: d, h, w } = this.mask;
+    // floor 0: pixels certainly below the mask threshold are not computed (same mask).
+    upscale(low, logits, 0);
+    const last = this.last;
+    if (last) for (let y = last[1]; y <= last[3]; y++) d.fill(0, y * w + last[0], y * w + last[2] + 1);
+    let [x0, y0, x1, y1, area] = [w, h, -1, -1, 0];
+    for (let y = 0; y < h; y++) {
+      const row = y * w;
+      const end = upscale.activeEnd[y];
+      for (let x = upscale.activeStart[y]; x < end; x++) {
+        if (logits[row + x] > 0) {
+          d[row + x] = 1;
+          area++;
+          if (x < x0) x0 = x;
+          if (x > x1) x1 = x;
+          if (y < y0) y0 = y;
+          y1 = y;
+        }
+      }
+    }
+    this.last = area > 0 ? [x0, y0, x1, y1] : undefined;
+    // An empty mask scans box [0, 0, 0, 0]: pixel (0, 0) is 0 then.
+    this.rle.scanInCrop(this.mask, [0, 0, w, h], [h, w], this.last ?? [0, 0, 0, 0]);
+    const segmentation: CocoRle = compactToCoco(this.rle.compact());
+    const bbox: BoxXywh = this.last ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : [0, 0, 0, 0];
+    return { segmentation, area, bbox, predictedIou };
+  }
+}
+
+/** Index of the highest of iou[r*m + from .. r*m + m-1] (the first of equals), relative to the row. */
+function bestOf(iou: Float32Array, r: number, m: number, from: number): number {
+  let best = from;
+  for (let k = from + 1; k < m; k++) if (iou[r * m + k] > iou[r * m + best]) best = k;
+  return best;
+}
+
+/** Input order of the prompts, grouped by `key` (first appearance order of the keys). */
+function groupBy<K>(prompts: readonly BatchPrompt[], key: (p: BatchPrompt) => K): Map<K, number[]> {
+  const groups = new Map<K, number[]>();
+  prompts.forEach((p, i) => {
+    const k = key(p);
+    const g = groups.get(k);
+    if (g) g.push(i);
+    else groups.set(k, [i]);
+  });
+  return groups;
+}
+
 export async function decodePrompts(
-  decoder: DecoderSession | SplitDecoderSession,
+  decoder: PromptDecoder,
   state: ImageState,
   prompts: readonly BatchPrompt[],
   onMask: OnPromptMask,
   options: PromptDecodeOptions = {},
 ): Promise<void> {
-  const [h, w] = state.originalSize;
+  if ('family' in decoder) return decodeSam2Prompts(decoder, state, prompts, onMask, options);
   const embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
   const single = decoder instanceof DecoderSession;
   const chunk = !single || decoder.batched ? Math.max(1, options.chunk ?? DECODER_CHUNK) : 1;
@@ -68,19 +175,10 @@ export async function decodePrompts(
     const low = await decoder.maskSide(stage1, Int32Array.from({ length: rows }, (_, i) => i));
     return { iou: stage1.iouPredictions, low, m: stage1.numMasks };
   };
-  const upscale = createUpscaler(state.inputSize, state.originalSize);
-  const logits = new Float32Array(h * w);
-  const mask: BinaryMask = { data: new Uint8Array(h * w), h, w };
-  const rle = new RleEncoder();
-  /** Inclusive box of the ones the buffer holds (the previous mask), or undefined when none. */
-  let last: [number, number, number, number] | undefined;
+  const plane = new MaskPlane(createUpscaler(state.inputSize, state.originalSize), state.originalSize);
 
   // Rows of one call must have the same number of points: group by it, keep input order within.
-  const groups = new Map<number, number[]>();
-  prompts.forEach((p, i) => {
-    const n = (p.points?.length ?? 0) + (p.box ? 2 : 1);
-    groups.set(n, [...(groups.get(n) ?? []), i]);
-  });
+  const groups = groupBy(prompts, (p) => (p.points?.length ?? 0) + (p.box ? 2 : 1));
   for (const [n, indices] of groups) {
     for (let start = 0; start < indices.length; start += chunk) {
       const rows = indices.slice(start, start + chunk);
@@ -95,40 +193,68 @@ export async function decodePrompts(
       const m = res.m;
       for (let r = 0; r < rows.length; r++) {
         const idx = rows[r];
-        const p = prompts[idx];
-        const multi = options.multimask ?? ((p.points?.length ?? 0) === 1 && !p.box);
-        let best = 0;
-        if (m > 1 && multi) {
-          best = 1;
-          for (let k = 2; k < m; k++) if (res.iou[r * m + k] > res.iou[r * m + best]) best = k;
-        }
+        // Multimask: the best of masks 1..3 (mask 0 is the single-mask output).
+        const best = m > 1 && wantsMultimask(prompts[idx], options.multimask) ? bestOf(res.iou, r, m, 1) : 0;
         const at = (r * m + best) * LOW_RES_LENGTH;
-        // floor 0: pixels certainly below the mask threshold are not computed (same mask).
-        upscale(res.low.subarray(at, at + LOW_RES_LENGTH), logits, 0);
-        const d = mask.data;
-        // The buffer is zero but for the last mask's ones, all inside its box: clear that box.
-        if (last) for (let y = last[1]; y <= last[3]; y++) d.fill(0, y * w + last[0], y * w + last[2] + 1);
-        let [x0, y0, x1, y1, area] = [w, h, -1, -1, 0];
-        for (let y = 0; y < h; y++) {
-          const row = y * w;
-          const end = upscale.activeEnd[y];
-          for (let x = upscale.activeStart[y]; x < end; x++) {
-            if (logits[row + x] > 0) {
-              d[row + x] = 1;
-              area++;
-              if (x < x0) x0 = x;
-              if (x > x1) x1 = x;
-              if (y < y0) y0 = y;
-              y1 = y;
-            }
-          }
+        await onMask(idx, plane.describe(res.low.subarray(at, at + LOW_RES_LENGTH), res.iou[r * m + best]));
+      }
+    }
+  }
+}
+
+/**
+ * decodePrompts on a SAM 2 model: rows of one call share the graph (multimask or single-mask) and
+ * the number of points. A multimask prompt takes the best of the graph's 3 masks by predicted IoU
+ * (what `sam segment` marks best); the single-mask graph's one mask is taken as it is.
+ */
+async function decodeSam2Prompts(
+  decoders: Sam2PromptDecoders,
+  state: ImageState,
+  prompts: readonly BatchPrompt[],
+  onMask: OnPromptMask,
+  options: PromptDecodeOptions,
+): Promise<void> {
+  if (!state.highResFeats) throw modelError('internal: SAM 2 prompts need the high-res features of the image');
+  const size = state.originalSize;
+  const chunk = Math.max(1, options.chunk ?? SAM2_DECODER_CHUNK);
+  const image: Record<string, ort.Tensor> = {
+    image_embed: new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]),
+    high_res_feats_0: new ort.Tensor('float32', state.highResFeats[0], [...SAM2_HIGH_RES_DIMS[0]]),
+    high_res_feats_1: new ort.Tensor('float32', state.highResFeats[1], [...SAM2_HIGH_RES_DIMS[1]]),
+  };
+  const graphOf = (p: BatchPrompt): Sam2DecoderSession => {
+    const g = wantsMultimask(p, options.multimask) ? decoders.multimask : (decoders.single ?? decoders.multimask);
+    if (!g) throw modelError('internal: the SAM 2 decoder these prompts need was not loaded (sam2PromptDecoders with another multimask option)');
+    return g;
+  };
+  const plane = new MaskPlane(createSam2Upscaler(size), size);
+  // Group by graph, then by point count (no padding point: box corners + clicks).
+  const groups = groupBy(prompts, (p) => graphOf(p));
+  for (const [graph, members] of groups) {
+    const byPoints = groupBy(
+      members.map((i) => prompts[i]),
+      (p) => (p.points?.length ?? 0) + (p.box ? 2 : 0),
+    );
+    for (const [n, local] of byPoints) {
+      const indices = local.map((j) => members[j]);
+      for (let start = 0; start < indices.length; start += chunk) {
+        const rows = indices.slice(start, start + chunk);
+        // point_coords [rows, n, 2] in the 1024 frame, point_labels [rows, n].
+        const coords = new Float32Array(rows.length * n * 2);
+        const labels = new Float32Array(rows.length * n);
+        rows.forEach((idx, r) => {
+          const a = sam2PromptArrays(prompts[idx], size);
+          coords.set(a.coords, r * n * 2);
+          labels.set(a.labels, r * n);
+        });
+        // lowResMasks [rows, m, 256, 256], iouPredictions [rows, m].
+        const res = await graph.run(image, coords, labels, rows.length, n);
+        const m = res.numMasks;
+        for (let r = 0; r < rows.length; r++) {
+          const best = bestOf(res.iouPredictions, r, m, 0);
+          const at = (r * m + best) * LOW_RES_LENGTH;
+          await onMask(rows[r], plane.describe(res.lowResMasks.subarray(at, at + LOW_RES_LENGTH), res.iouPredictions[r * m + best]));
         }
-        last = area > 0 ? [x0, y0, x1, y1] : undefined;
-        // An empty mask scans box [0, 0, 0, 0]: pixel (0, 0) is 0 then.
-        rle.scanInCrop(mask, [0, 0, w, h], [h, w], last ?? [0, 0, 0, 0]);
-        const segmentation: CocoRle = compactToCoco(rle.compact());
-        const bbox: BoxXywh = last ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : [0, 0, 0, 0];
-        await onMask(idx, { segmentation, area, bbox, predictedIou: res.iou[r * m + best] });
       }
     }
   }

@@ -16,17 +16,16 @@ import { loadImage } from '../io/image.js';
 import type { InputImage } from '../io/inputs.js';
 import type { PromptedImage, PromptSpec } from '../io/prompts.js';
 import { writeCocoDataset, type CocoAnnotation, type CocoImageEntry } from '../output/coco.js';
-import type { DecoderSession, SamModel } from '../engine/model.js';
-import type { SplitDecoderSession } from '../engine/split-decoder.js';
-import { decodePrompts, type BatchPrompt } from '../engine/prompt-decoder.js';
+import type { SamModel } from '../engine/model.js';
+import { decodePrompts, type BatchPrompt, type PromptDecoder } from '../engine/prompt-decoder.js';
 import { embedImage, imageStateFromEmbedding, promptProblem, type ImageState } from '../engine/predictor.js';
 import { exists } from '../util/fs.js';
 import { headerSize } from './auto.js';
 
 export interface PromptedSetup {
   model: SamModel;
-  /** The decoder the prompts go through (batched when the model has one, see SamModel.promptDecoder). */
-  decoder: DecoderSession | SplitDecoderSession;
+  /** The decoder the prompts go through (batched when the model has one, see SamModel.promptDecoder; SAM 2: sam2PromptDecoders). */
+  decoder: PromptDecoder;
   outDir: string;
   categories: readonly CocoCategory[];
   /** Folder of `sam embed` files `<key>.safetensors`, used when present. */
