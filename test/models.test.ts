@@ -20,6 +20,8 @@ const checkpoint = goldenPath(join('convert', CKPT_NAME));
 const bytes = readFileSync(checkpoint);
 const sha256 = createHash('sha256').update(bytes).digest('hex');
 const corrupt = Buffer.from(bytes);
+/** The golden random SAM 2.1 tiny checkpoint, served for a SAM 2 pull. */
+const sam2Bytes = readFileSync(join(sharedDir(), 'golden', 'sam2', 'sam2.1_hiera_tiny-random-fp16.pt'));
 corrupt[corrupt.length >> 1] ^= 0xff;
 /** Bytes the "drop" route sends before cutting the connection on its first request. */
 const DROP_AFTER = 5_000_000;
@@ -70,6 +72,7 @@ beforeAll(async () => {
     hits.push(hit);
     const route = (req.url ?? '').split('/')[1];
     if (route === 'ok') return serve(req, res, bytes, hit);
+    if (route === 'sam2') return serve(req, res, sam2Bytes, hit);
     if (route === 'bad') return serve(req, res, corrupt, hit);
     if (route === 'toggle') return serve(req, res, toggleCorrupt ? corrupt : bytes, hit);
     if (route === 'redirect') {
@@ -119,6 +122,7 @@ beforeAll(async () => {
         entry('tiny_bad', `${base}/bad/${CKPT_NAME}`),
         entry('tiny_offline', `${closedPortBase}/ok/${CKPT_NAME}`),
         entry('tiny_nosum', `${base}/toggle/${CKPT_NAME}`, null),
+        { name: 'tiny_sam2', type: 'sam2.1_hiera_tiny', url: `${base}/sam2/sam2.1_hiera_tiny.pt`, size: null, sha256: null, licence: 'Apache-2.0' },
       ],
     }),
   );
@@ -276,6 +280,31 @@ describe('sam models pull', () => {
     }
   });
 
+  it('a SAM 2 entry (no published size or checksum) downloads and converts to a SAM 2 model folder', async () => {
+    const cache = freshCache();
+    const r = await sam(['models', 'pull', 'tiny_sam2'], cache);
+    expect(r.code, r.stderr).toBe(EXIT.ok);
+    expect(r.stderr).toContain('warning: tiny_sam2 has no published checksum; recorded sha256');
+    expect(r.stderr).toMatch(/pulled tiny_sam2 \(sam2\.1_hiera_tiny, id sam2\.1_hiera_tiny-[0-9a-f]{12}\)/);
+    const dir = r.stdout.trim();
+    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    expect(m).toMatchObject({ family: 'sam2', type: 'sam2.1_hiera_tiny', decoder: 'decoder.onnx', singleMaskDecoder: 'decoder_single.onnx' });
+    expect(downloads(cache)).toEqual([]);
+    const model = await SamModel.open(dir);
+    expect(model.family).toBe('sam2');
+  }, 300_000);
+
+  it('--quantize and --attention-biases zeros on a SAM 2 checkpoint: one-line usage error, nothing written', async () => {
+    const ckpt = join(sharedDir(), 'golden', 'sam2', 'sam2.1_hiera_tiny-random-fp16.pt');
+    for (const flags of [['--quantize', 'int8'], ['--attention-biases', 'zeros']]) {
+      const out = join(tmp.dir, `sam2-${flags[0].slice(2)}`);
+      const r = await runSam(['models', 'convert', ckpt, '--out', out, '-q', ...flags]);
+      expect(r.code, r.stderr).toBe(EXIT.usage);
+      expect(r.stderr.trim()).toMatch(/^sam: error: --attention-biases and --quantize apply to SAM and MobileSAM checkpoints; sam2\.1_hiera_tiny-random-fp16\.pt is SAM 2: drop them$/);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   it('unknown name is a usage error listing the known models', async () => {
     const r = await sam(['models', 'pull', 'nope'], freshCache());
     expect(r.code).toBe(EXIT.usage);
@@ -289,12 +318,17 @@ describe('sam models list', () => {
     expect(r.code).toBe(EXIT.ok);
     const lines = r.stdout.trim().split('\n');
     expect(lines[0]).toMatch(/^NAME\s+TYPE\s+SIZE\s+SHA256\s+LICENCE\s+STATE\s+SOURCE$/);
-    expect(lines).toHaveLength(5);
+    expect(lines).toHaveLength(13);
     expect(r.stdout).toMatch(/sam_vit_b\s+vit_b\s+375\.0 MB\s+ec2df6273261…\s+Apache-2\.0\s+not pulled\s+https:\/\/dl\.fbaipublicfiles\.com\/segment_anything\/sam_vit_b_01ec64\.pth/);
     expect(r.stdout).toMatch(/mobile_sam\s+vit_t\s+40\.7 MB\s+6dbb90523a35…\s+Apache-2\.0\s+not pulled\s+https:\/\/github\.com\/ChaoningZhang\/MobileSAM\/raw\/master\/weights\/mobile_sam\.pt/);
     const json = await runSam(['models', 'list', '--json'], { env: { SAM_CACHE_DIR: freshCache(), SAM_REGISTRY: '' } });
     const parsed = JSON.parse(json.stdout) as { models: { name: string; sha256: string | null; size: number | null; type: string }[] };
-    expect(parsed.models.map((m) => m.name)).toEqual(['sam_vit_b', 'sam_vit_l', 'sam_vit_h', 'mobile_sam']);
+    const SAM2 = ['tiny', 'small', 'base_plus', 'large'];
+    expect(parsed.models.map((m) => m.name)).toEqual(['sam_vit_b', 'sam_vit_l', 'sam_vit_h', 'mobile_sam', ...SAM2.map((s) => `sam2.1_hiera_${s}`), ...SAM2.map((s) => `sam2_hiera_${s}`)]);
+    // SAM 2: Meta's published URLs; no sizes or checksums are published (pull records the first download's).
+    expect(r.stdout).toMatch(/sam2\.1_hiera_tiny\s+sam2\.1_hiera_tiny\s+\?\s+unpublished\s+Apache-2\.0\s+not pulled\s+https:\/\/dl\.fbaipublicfiles\.com\/segment_anything_2\/092824\/sam2\.1_hiera_tiny\.pt/);
+    expect(r.stdout).toMatch(/sam2_hiera_large\s+sam2_hiera_large\s+\?\s+unpublished\s+Apache-2\.0\s+not pulled\s+https:\/\/dl\.fbaipublicfiles\.com\/segment_anything_2\/072824\/sam2_hiera_large\.pt/);
+    for (const m of parsed.models.filter((x) => x.name.startsWith('sam2'))) expect([m.type, m.size, m.sha256]).toEqual([m.name, null, null]);
     for (const m of parsed.models) {
       expect(m.sha256 === null || /^[0-9a-f]{64}$/.test(m.sha256)).toBe(true);
     }
@@ -478,11 +512,13 @@ describe('sam models convert and verify', () => {
     }
   });
 
-  it('verify refuses a folder without manifest.json', async () => {
+  it('verify on a folder without manifest.json tries the sessions: none there fails naming the fix', async () => {
+    // A folder of exported .onnx files without manifest is verified by loading it (test/sam2-samexporter.test.ts).
     const empty = join(tmp.dir, 'no-manifest');
     mkdirSync(empty);
     const v = await runSam(['models', 'verify', empty]);
     expect(v.code).toBe(EXIT.model);
-    expect(v.stderr).toMatch(/has no manifest\.json/);
+    expect(v.stdout).toMatch(/ok\s+manifest\.json: none: encoder and decoder found by file name or ONNX inputs, no checksums/);
+    expect(v.stdout).toMatch(/FAIL\s+sessions: model folder .* holds 0 \.onnx file\(s\), need an encoder and a decoder; put the encoder and decoder \.onnx files there, or write manifest\.json/);
   });
 });

@@ -4,7 +4,7 @@ import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import type { ConvertProgress } from '../convert/convert.js';
 import { QUANTIZATIONS, SAM_MODEL_TYPES, type Quantization, type SamModelType } from '../convert/configs.js';
-import { SAM2_MODEL_TYPES } from '../convert/sam2-configs.js';
+import { SAM2_MODEL_TYPES, isSam2ModelType } from '../convert/sam2-configs.js';
 import type { AnyModelType } from '../convert/convert.js';
 import { modelError } from '../util/errors.js';
 import { cacheDir, downloadPath, isConverted, modelQuantization, pulledModelDir } from '../hub/cache.js';
@@ -234,7 +234,9 @@ function registerPull(models: Command): void {
 
 async function modelsPull(name: string, opts: PullOptions): Promise<void> {
   const entry = await findRegistryEntry(name);
-  if (!isModelType(entry.type)) throw modelError(`registry entry '${name}' has type '${entry.type}', not one of ${SAM_MODEL_TYPES.join(', ')}; fix the registry`);
+  if (!isModelType(entry.type) && !isSam2ModelType(entry.type)) {
+    throw modelError(`registry entry '${name}' has type '${entry.type}', not one of ${[...SAM_MODEL_TYPES, ...SAM2_MODEL_TYPES].join(', ')}; fix the registry`);
+  }
   const quiet = opts.quiet ?? false;
   const log = (line: string): void => {
     if (!quiet) process.stderr.write(`sam: ${line}\n`);

@@ -9,7 +9,7 @@ import { packageRoot } from '../util/package.js';
 export interface RegistryEntry {
   name: string;
   description?: string;
-  /** SAM model type of the checkpoint: vit_b, vit_l, vit_h or vit_t. */
+  /** Model type of the checkpoint: vit_b, vit_l, vit_h, vit_t, or a SAM 2 type (sam2.1_hiera_tiny, ...). */
   type: string;
   url: string;
   /** File name in the downloads folder (default: the URL's last path segment). */
@@ -44,7 +44,7 @@ function parseEntry(path: string, raw: unknown, i: number): RegistryEntry {
   const e = raw as Record<string, unknown>;
   if (typeof e.name !== 'string' || !MODEL_NAME.test(e.name)) throw bad('needs "name" (letters, digits, _ . -)');
   if (typeof e.url !== 'string' || !/^https?:\/\//.test(e.url)) throw bad(`(${e.name}) needs an http(s) "url"`);
-  if (typeof e.type !== 'string') throw bad(`(${e.name}) needs "type" (vit_b, vit_l, vit_h or vit_t)`);
+  if (typeof e.type !== 'string') throw bad(`(${e.name}) needs "type" (vit_b, vit_l, vit_h, vit_t or a SAM 2 type such as sam2.1_hiera_tiny)`);
   const sha = e.sha256 ?? null;
   if (sha !== null && (typeof sha !== 'string' || !HEX64.test(sha))) throw bad(`(${e.name}) "sha256" must be 64 lowercase hex digits or null`);
   const size = e.size ?? null;
