@@ -95,6 +95,23 @@ describe('sam auto on SAM 2.1 tiny against SAM2AutomaticMaskGenerator', () => {
     }, 300_000);
   }
 
+  it('--min-mask-region-area runs SAM 2\'s hole and sprinkle filling: same candidates, fewer noise pieces', async () => {
+    const plainDir = out('dog_pps3');
+    const dir = out('minarea');
+    const r = await runSam(['auto', dog(), '--model', modelDir, '--out', dir, '-q', ...BASE, '--min-mask-region-area', '25']);
+    expect(r.code, r.stderr).toBe(0);
+    const filled = JSON.parse(readFileSync(path.join(dir, 'dog.json'), 'utf8')) as Rec[];
+    const plain = JSON.parse(readFileSync(path.join(plainDir, 'dog.json'), 'utf8')) as Rec[];
+    // Nothing filtered (thresholds 0, NMS 1.0): one record per candidate, with the same points and IoUs.
+    expect(filled.map((m) => [m.point_coords, m.predicted_iou])).toEqual(plain.map((m) => [m.point_coords, m.predicted_iou]));
+    // Random-weight masks are noise: many pieces of <= 25 low-res pixels, so every mask changes.
+    const counts = (m: Rec): number => m.segmentation.counts.length;
+    filled.forEach((m, i) => {
+      expect(m.area).not.toBe(plain[i].area);
+      expect(counts(m)).toBeLessThan(counts(plain[i]));
+    });
+  }, 300_000);
+
   it('SAM 2 models get SAM 2 defaults (pred_iou_thresh 0.8), SAM (v1) models keep theirs (0.88)', async () => {
     const parse = (args: string[]): { opts: AmgCliOptions; cmd: Command } => {
       const cmd = addAmgOptions(new Command('auto').exitOverride());
@@ -117,7 +134,6 @@ describe('sam auto on SAM 2.1 tiny against SAM2AutomaticMaskGenerator', () => {
       { args: ['--model', fixtureModel(), '--mask-threshold', '0.5'], re: /--mask-threshold applies to SAM 2 models only/ },
       { args: ['--model', fixtureModel(), '--no-multimask-output'], re: /--no-multimask-output applies to SAM 2 models only/ },
       { args: ['--model', modelDir, '--decoder', 'split'], re: /--decoder split applies to SAM \(v1\) models only/ },
-      { args: ['--model', modelDir, '--min-mask-region-area', '100'], re: /--min-mask-region-area applies to SAM \(v1\) models only/ },
     ];
     for (const c of cases) {
       const r = await runSam(['auto', dog(), '--out', out('refused'), ...c.args]);

@@ -19,8 +19,8 @@
  * segment everything (arXiv 2312.13789) per crop, see hierarchicalRounds; 'grid' is the reference.
  */
 import { buildAllLayerPointGrids, generateCropBoxes, sparseGridIndices, squareGridSide } from './grid.js';
-import { LOW_RES_LENGTH } from '../core/constants.js';
-import { boxXyxyToXywh, isBoxNearCropEdge, maskLogitStats, removeSmallRegions, maskToBox } from '../core/masks.js';
+import { LOW_RES_LENGTH, LOW_RES_SIDE } from '../core/constants.js';
+import { boxXyxyToXywh, fillHolesAndSprinkles, isBoxNearCropEdge, maskLogitStats, removeSmallRegions, maskToBox } from '../core/masks.js';
 import { batchedNms } from '../core/nms.js';
 import { createSam2Upscaler, createUpscaler } from '../core/upscale.js';
 import { RleEncoder, decodeRle } from '../core/rle.js';
@@ -279,7 +279,8 @@ export class SamAutomaticMaskGenerator {
     counts.run = 0;
     counts.grid = 0;
     let data = await this.generateMasks(origSize, timings, counts);
-    // SAM 2's generate() never post-processes small regions (min_mask_region_area only reaches its predictor).
+    // SAM 2's generate() never post-processes small regions: min_mask_region_area only reaches its
+    // predictor's hole and sprinkle filling of the low-res logits (processBatch).
     if (this.options.minMaskRegionArea > 0 && this.options.family !== 'sam2') {
       data = timings.timeSync('postprocess', () =>
         postprocessSmallRegions(data, this.options.minMaskRegionArea, Math.max(this.options.boxNmsThresh, this.options.cropNmsThresh)),
@@ -465,6 +466,7 @@ export class SamAutomaticMaskGenerator {
     const stabilityThresh = Math.fround(o.stabilityScoreThresh);
     const highThresh = Math.fround(o.highScoreThresh);
     const passesIou = (iou: number): boolean => !(o.predIouThresh > 0) || iou > iouThresh;
+    const sam2Fill = o.family === 'sam2' && o.minMaskRegionArea > 0;
     const { lowResLogits, iouPredictions, masksPerPoint, maskRows } = prediction;
     const origBox: BoxXyxy = [0, 0, origSize[1], origSize[0]];
     const nRows = maskRows ? maskRows.length : nPoints;
@@ -476,7 +478,9 @@ export class SamAutomaticMaskGenerator {
         if (!passesIou(iou)) continue;
         const t0 = performance.now();
         const l = r * masksPerPoint + k;
-        const low = lowResLogits.subarray(l * lowLen, (l + 1) * lowLen);
+        let low = lowResLogits.subarray(l * lowLen, (l + 1) * lowLen);
+        // SAM 2: min_mask_region_area is its predictor's max_hole_area and max_sprinkle_area, on the low-res logits.
+        if (sam2Fill) low = fillHolesAndSprinkles(low, LOW_RES_SIDE, LOW_RES_SIDE, o.minMaskRegionArea, o.minMaskRegionArea, maskThresholdOf(o));
         allocateScratch(ctx);
         ctx.upscale(low, ctx.logits, ctx.floor);
         const stats = maskLogitStats(ctx.logits, 0, cropH, cropW, maskThresholdOf(o), o.stabilityScoreOffset, ctx.mask, ctx.upscale);

@@ -53,7 +53,7 @@ export function addAmgOptions(cmd: Command): Command {
       parseIntOption('--crop-n-points-downscale-factor', 1, 1024),
       d.cropNPointsDownscaleFactor,
     )
-    .option('--min-mask-region-area <n>', 'fill holes and remove islands smaller than this many pixels (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
+    .option('--min-mask-region-area <n>', 'SAM: fill holes and remove islands smaller than this many pixels after NMS; SAM 2: fill holes and remove sprinkles of at most this many low-res (256x256) pixels before upscaling, as its predictor does (0: off)', parseIntOption('--min-mask-region-area', 0), d.minMaskRegionArea)
     .option('--use-m2m', "SAM 2 models only: refine every candidate mask once, prompted with its own point and its own low-res mask (SAM2AutomaticMaskGenerator's use_m2m)")
     .option('--mask-threshold <x>', 'SAM 2 models only: logits above this are mask (default 0)', parseFloatOption('--mask-threshold', -1e6, 1e6))
     .option('--no-multimask-output', "SAM 2 models only: one mask per point from the single-mask decoder instead of 3 (SAM 2's multimask_output=False)")
@@ -135,10 +135,6 @@ export async function amgOptionsFrom(
     for (const [key, flag] of SAM2_ONLY) {
       if (given(key)) throw usageError(`${flag} applies to SAM 2 models only (an option of SAM 2's generator); ${v1Why}: drop ${flag}`);
     }
-  } else if (opts.minMaskRegionArea > 0) {
-    throw usageError(
-      "--min-mask-region-area applies to SAM (v1) models only: SAM 2's generator never post-processes small regions (it only hands the value to its predictor's hole filling, which needs SAM 2's CUDA extension and is not implemented here); drop it",
-    );
   }
   const pointGrids = await pointGridsOption(opts, cmd);
   if (opts.embeddings && (await isFile(opts.embeddings))) {

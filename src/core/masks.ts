@@ -391,3 +391,32 @@ export function removeSmallRegions(
   }
   return { mask: { data: out, h, w }, changed: true };
 }
+
+/**
+ * SAM2Transforms.postprocess_masks' hole filling and sprinkle removal, on one mask's low-res
+ * logits [h, w] (SAM 2 applies it before upscaling): background components (logits <= threshold)
+ * of at most maxHoleArea pixels become threshold + 10, and foreground components of the *input*
+ * (logits > threshold) of at most maxSprinkleArea pixels become threshold - 10. Components are
+ * 8-connected (sam2/utils/misc.py get_connected_components) and include those touching the
+ * border, as there. An area of 0 turns that half off. Returns a new array, or `logits` itself
+ * when nothing changes.
+ */
+export function fillHolesAndSprinkles(logits: Float32Array, h: number, w: number, maxHoleArea: number, maxSprinkleArea: number, threshold: number): Float32Array {
+  const fg = new Uint8Array(h * w);
+  for (let i = 0; i < fg.length; i++) fg[i] = logits[i] > threshold ? 1 : 0;
+  let out = logits;
+  for (const [invert, maxArea, value] of [
+    [true, maxHoleArea, Math.fround(threshold + 10)],
+    [false, maxSprinkleArea, Math.fround(threshold - 10)],
+  ] as const) {
+    if (!(maxArea > 0)) continue;
+    const { labels, sizes } = connectedComponents8(fg, h, w, invert);
+    if (!sizes.some((s) => s <= maxArea)) continue;
+    if (out === logits) out = logits.slice();
+    for (let i = 0; i < labels.length; i++) {
+      const c = labels[i];
+      if (c >= 0 && sizes[c] <= maxArea) out[i] = value;
+    }
+  }
+  return out;
+}
