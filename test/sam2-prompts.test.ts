@@ -190,6 +190,30 @@ describe('sam segment --prompts on SAM 2.1 tiny', () => {
     for (const t of texts.slice(1)) expect(t).toBe(texts[0]);
   }, 120_000);
 
+  it('a samexporter-style folder (no single-mask decoder): a warning, and each mask as sam segment on that folder gives it', async () => {
+    const sx = path.join(tmp.dir, 'samexporter');
+    mkdirSync(sx, { recursive: true });
+    copyFileSync(path.join(modelDir, 'encoder.onnx'), path.join(sx, 'sam2.1_hiera_tiny.encoder.onnx'));
+    copyFileSync(path.join(modelDir, 'decoder.onnx'), path.join(sx, 'sam2.1_hiera_tiny.decoder.onnx'));
+    const prompts: Prompt[] = [{ box: BOXES[0] }, { points: [[320, 300, 1]] }, MIXED[1]];
+    const out = fresh('sx');
+    const r = await runSam(['segment', imagesDir, '--prompts', jsonl(fresh('sx') + '.jsonl', prompts), '--model', sx, '--out', out, '-q']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr.trim().split('\n').filter((l) => l.includes('warning'))).toEqual([expect.stringMatching(/warning: .* has no SAM 2 single-mask decoder; prompts other than a lone point get the best of its 3 masks/)]);
+    const anns = readJson<Annotation[]>(path.join(out, 'dog.json'));
+    expect(anns).toHaveLength(prompts.length);
+    for (const a of anns) {
+      const one = fresh('sx-one') + '.json';
+      const args = ['segment', dog, '--model', sx, '--out', one];
+      if (a.prompt.box) args.push('--box', a.prompt.box.join(','));
+      if (a.prompt.points) args.push('--points', a.prompt.points.map((q) => q.join(',')).join(' '));
+      expect((await runSam(args)).code).toBe(0);
+      const doc = readJson<{ best: number; masks: { segmentation: CocoRle; predicted_iou: number }[] }>(one);
+      expect(a.segmentation).toEqual(doc.masks[doc.best].segmentation);
+      expect(Math.abs(a.predicted_iou - doc.masks[doc.best].predicted_iou)).toBeLessThanOrEqual(1e-6);
+    }
+  }, 120_000);
+
   it('--decoder split is refused on a SAM 2 model in one line naming why (exit 2), nothing written', async () => {
     const out = fresh('split');
     const r = await runSam(['segment', imagesDir, '--prompts', jsonl(fresh('split') + '.jsonl', MIXED.slice(0, 1)), '--model', modelDir, '--out', out, '--decoder', 'split', '-q']);

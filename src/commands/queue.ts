@@ -12,7 +12,7 @@ import { AUTO_COCO_DESCRIPTION, writeAutoCoco } from '../pipeline/auto.js';
 import { DEFAULT_QUEUE, SamQueue, checkQueueName, type JobCounts } from '../queue/queue.js';
 import { parseRedisUrl, type RedisTarget } from '../queue/redis.js';
 import { SETTINGS_VERSION, storeAmgOptions } from '../queue/settings.js';
-import { SamError, errorMessage, usageError } from '../util/errors.js';
+import { SamError, errorMessage, modelError, usageError } from '../util/errors.js';
 import { formatDuration } from '../util/format.js';
 import { addAmgOptions, amgOptionsFrom, outputModeOf, type AmgCliOptions } from './auto-options.js';
 import { parseFloatOption } from './common.js';
@@ -101,10 +101,16 @@ function registerAdd(queue: Command): void {
 async function queueAdd(inputs: string[], opts: AddOptions, cmd: Command): Promise<void> {
   const target = parseRedisUrl(opts.redis);
   checkQueueName(opts.queue);
-  const amg = resolveAmgOptions(await amgOptionsFrom(opts, cmd));
-  const items = await collectInputs(inputs);
   const model = await openModel(opts.model);
-  model.requireSamV1('sam queue add');
+  // The family picks the generator's defaults and options, as in sam auto (SAM 2: pred_iou_thresh 0.8, --use-m2m, ...).
+  const amg = resolveAmgOptions(await amgOptionsFrom(opts, cmd, model.family, `${opts.model} is a SAM (v1) model`));
+  if ((amg.useM2m || amg.multimaskOutput === false) && !model.hasSam2SingleMaskDecoder) {
+    // Refused here, not by every worker at start: the workers' model is this one.
+    throw modelError(
+      `${opts.model} has no SAM 2 single-mask decoder (samexporter exports only the multimask one), which ${amg.useM2m ? '--use-m2m' : '--no-multimask-output'} runs; convert the checkpoint with 'sam models convert' to get it, or drop the option`,
+    );
+  }
+  const items = await collectInputs(inputs);
   const modelId = await model.id();
   await withQueue(opts, async (q) => {
     const settings = await q.adoptSettings(

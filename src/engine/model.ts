@@ -395,13 +395,6 @@ export class SamModel {
     return p;
   }
 
-  /** Refuse a SAM 2 model in a command that runs SAM (v1 / MobileSAM) models only, naming why. */
-  requireSamV1(command: string): void {
-    if (this.family === 'sam2') {
-      throw modelError(`${this.dir} is a SAM 2 model; ${command} runs SAM (v1) and MobileSAM models only so far (SAM 2's decoder and generator are not wired in yet): 'sam embed' takes it; for ${command} pass a SAM or MobileSAM model`);
-    }
-  }
-
   /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */
   id(): Promise<string> {
     this.idP ??= this.manifest ? Promise.resolve(this.manifest.id) : sha256File(this.encoderPath).then((h) => `sha256:${h.slice(0, 16)}`);

@@ -75,7 +75,7 @@ const wantsMultimask = (p: BatchPrompt, multimask: boolean | undefined): boolean
  * undefined loads both (lone points take the multimask graph, the rest the single-mask one).
  */
 export async function sam2PromptDecoders(model: SamModel, multimask?: boolean): Promise<Sam2PromptDecoders> {
-  const hasSingle = typeof model.manifest?.singleMaskDecoder === 'string';
+  const hasSingle = model.hasSam2SingleMaskDecoder;
   const needMulti = multimask !== false || !hasSingle;
   const [multi, single] = await Promise.all([needMulti ? model.sam2Decoder(true) : undefined, multimask !== true && hasSingle ? model.sam2Decoder(false) : undefined]);
   return { family: 'sam2', multimask: multi, single };

@@ -1,8 +1,9 @@
 /**
- * Worker-thread entry of `sam worker`: owns the model (and, pipelined, its engine thread) and
- * runs pipeline/auto.ts's autoImage per job, so a queue's outputs are byte for byte those of
- * `sam auto`. The CPU-heavy generator runs here, never on the thread that renews BullMQ's job
- * locks: a blocked main thread would let locks expire and jobs be taken twice (stalled jobs).
+ * Worker-thread entry of `sam worker`: owns the model (and, pipelined, its engine thread; a SAM 2
+ * model runs here, as in `sam auto`) and runs pipeline/auto.ts's autoImage per job, so a queue's
+ * outputs are byte for byte those of `sam auto`. The CPU-heavy generator runs here, never on the
+ * thread that renews BullMQ's job locks: a blocked main thread would let locks expire and jobs be
+ * taken twice (stalled jobs).
  */
 import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -11,7 +12,7 @@ import { SamModel } from '../engine/model.js';
 import { outputPathFor } from '../output/records.js';
 import { autoImage, autoSetup, type AutoSetup } from '../pipeline/auto.js';
 import { removeStaleTemps } from '../util/atomic.js';
-import { toPlainError } from '../util/errors.js';
+import { toPlainError, usageError } from '../util/errors.js';
 import type { ImageRequest, ImageResponse, JobThreadInit, ThreadReady } from './job-protocol.js';
 import { loadAmgOptions } from './settings.js';
 
@@ -24,10 +25,17 @@ async function start(): Promise<{ setup: AutoSetup; engine?: AmgWorker }> {
   const s = init.settings;
   const amg = loadAmgOptions(s.amg);
   const model = await SamModel.open(init.modelDir, { threads: init.threads });
-  model.requireSamV1('sam worker');
   const loadEncoder = !s.embeddingsDir || amg.cropNLayers > 0;
   let engine: AmgWorker | undefined;
-  if (init.pipeline) {
+  if (model.family === 'sam2') {
+    // As sam auto: SAM 2 runs in this thread (pipeline/auto.ts; the engine thread drives SAM v1 decoders only).
+    if (init.decoder !== 'auto') {
+      throw usageError(`--decoder ${init.decoder} applies to SAM (v1) models only: a SAM 2 folder has one multimask decoder (and a single-mask one), not the split or batched variants; drop --decoder`);
+    }
+    await model.sam2Decoder(amg.multimaskOutput !== false);
+    if (amg.useM2m) await model.sam2Decoder(false);
+    if (loadEncoder) await model.encoder();
+  } else if (init.pipeline) {
     engine = await AmgWorker.start({ modelDir: model.dir, threads: init.threads, decoder: init.decoder, encoder: loadEncoder });
   } else {
     await model.amgDecoder(init.decoder);
