@@ -493,7 +493,7 @@ describe('sam models convert and verify', () => {
     expect(upgraded.id).toBe(manifest.id);
     expect(sha256Of(join(old, 'encoder.onnx'))).toBe(sha256Of(join(out, 'encoder.onnx')));
     expect((await SamModel.open(old)).manifest?.splitDecoder).toBeDefined();
-    expect((JSON.parse(readFileSync(manifestPath, 'utf8')) as { converter: { graphVersion: number } }).converter.graphVersion).toBe(2);
+    expect((JSON.parse(readFileSync(manifestPath, 'utf8')) as { converter: { graphVersion: number } }).converter.graphVersion).toBe(3);
   });
 
   it('verify fails with the model exit code on a tampered file', async () => {

@@ -12,6 +12,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord } from '../src/core/types.js';
 import { addAmgOptions, amgOptionsFrom, type AmgCliOptions } from '../src/commands/auto-options.js';
+import { SamAutomaticMaskGenerator, resolveAmgOptions } from '../src/amg/generator.js';
+import { SamModel } from '../src/engine/model.js';
+import { Sam2AmgPredictor } from '../src/engine/sam2-amg-predictor.js';
+import { Sam2SplitDecoderSession } from '../src/engine/sam2-split-decoder.js';
+import { loadImage, preprocessSam2 } from '../src/io/image.js';
 import { fixtureModel, maskIou, runSam, tempDir } from './helpers/cli.js';
 import { sharedDir } from './helpers/golden.js';
 
@@ -94,6 +99,27 @@ describe('sam auto on SAM 2.1 tiny against SAM2AutomaticMaskGenerator', () => {
       expect(dStab).toBeLessThanOrEqual(1e-3);
     }, 300_000);
   }
+
+  it('the split decoder (default) gives the plain graph\'s records, skipping masks of prompts the IoU filter drops', async () => {
+    const model = await SamModel.open(modelDir);
+    const split = await model.sam2SplitDecoder();
+    expect(split).toBeInstanceOf(Sam2SplitDecoderSession);
+    const [encoder, plain, refiner] = await Promise.all([model.encoder(), model.sam2Decoder(true), model.sam2Decoder(false)]);
+    const image = await loadImage(dog());
+    // Encoded once: every run below takes the stored features (as with sam embed) and differs only in the decoder.
+    const features = await encoder.runSam2(preprocessSam2(image));
+    const state = { embeddings: features.embeddings, highResFeats: features.highResFeats, originalSize: [534, 800] as [number, number], inputSize: [1024, 1024] as [number, number] };
+    // Random-weight IoUs sit near 0.5: 0.5 keeps some prompts and drops others.
+    for (const extra of [{ predIouThresh: 0.5 }, { predIouThresh: 0.5, minMaskRegionArea: 20 }, { predIouThresh: 0.495, useM2m: true }]) {
+      const o = resolveAmgOptions({ family: 'sam2', pointsPerSide: 4, stabilityScoreThresh: 0, boxNmsThresh: 1, ...extra });
+      const run = (d: typeof plain | Sam2SplitDecoderSession) =>
+        new SamAutomaticMaskGenerator(new Sam2AmgPredictor(undefined, d, o.useM2m ? refiner : undefined, image, undefined, state), o).generate([534, 800]);
+      const [a, b] = [await run(plain), await run(split!)];
+      expect(b.length, JSON.stringify(extra)).toBeGreaterThan(0);
+      expect(b.length, JSON.stringify(extra)).toBeLessThan(48);
+      expect(b, JSON.stringify(extra)).toEqual(a);
+    }
+  }, 300_000);
 
   it('--min-mask-region-area runs SAM 2\'s hole and sprinkle filling: same candidates, fewer noise pieces', async () => {
     const plainDir = out('dog_pps3');

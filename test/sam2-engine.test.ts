@@ -54,8 +54,15 @@ beforeAll(async () => {
 describe('SAM 2.1 tiny converted by sam models convert', () => {
   it('writes encoder, multimask and single-mask decoders, and a manifest of family sam2 (type detected)', () => {
     const m = JSON.parse(readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
-    expect(m).toMatchObject({ family: 'sam2', type: 'sam2.1_hiera_tiny', encoder: 'encoder.onnx', decoder: 'decoder.onnx', singleMaskDecoder: 'decoder_single.onnx' });
-    expect(Object.keys(m.files as object).sort()).toEqual(['decoder.onnx', 'decoder_single.onnx', 'encoder.onnx']);
+    expect(m).toMatchObject({
+      family: 'sam2',
+      type: 'sam2.1_hiera_tiny',
+      encoder: 'encoder.onnx',
+      decoder: 'decoder.onnx',
+      singleMaskDecoder: 'decoder_single.onnx',
+      sam2SplitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' },
+    });
+    expect(Object.keys(m.files as object).sort()).toEqual(['decoder.onnx', 'decoder_image.onnx', 'decoder_masks.onnx', 'decoder_prompt.onnx', 'decoder_single.onnx', 'encoder.onnx']);
   });
 
   it('sam models verify checks its files and runs test prompts through both decoders', async () => {

@@ -9,6 +9,7 @@ import { AUTO_COCO_DESCRIPTION, autoImage, autoSetup, cleanStaleOutputs, writeAu
 import { collectInputs, type InputImage } from '../io/inputs.js';
 import type { SamModel } from '../engine/model.js';
 import { AmgWorker } from '../engine/amg-worker-client.js';
+import { sam2AmgDecoder } from '../engine/sam2-amg-predictor.js';
 import { finishBatch, parseIntOption, runBatch } from './common.js';
 import { addAmgOptions, addEngineOptions, amgOptionsFrom, outputModeOf, type AmgCliOptions, type EngineCliOptions } from './auto-options.js';
 
@@ -103,7 +104,7 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
   let engine: AmgWorker | undefined;
   if (sam2) {
     // SAM 2 runs on this thread (pipeline/auto.ts); its decoders load here.
-    await model.sam2Decoder(amg.multimaskOutput !== false);
+    await sam2AmgDecoder(model, amg.multimaskOutput !== false);
     if (amg.useM2m) await model.sam2Decoder(false);
     if (loadEncoder) await model.encoder();
   } else if (opts.pipeline) {

@@ -22,7 +22,7 @@ import { buildVitEncoder } from './vit-encoder.js';
 import { quantizeLinearsInt8, type QuantizeReport } from './quantize.js';
 import { SAM2_CONFIGS, checkSam2TypeMatches, detectSam2Type, isSam2ModelType, type Sam2ModelType } from './sam2-configs.js';
 import { buildSam2EncoderGraph } from './hiera-encoder.js';
-import { buildSam2DecoderGraph } from './sam2-decoder.js';
+import { buildSam2DecoderGraph, buildSam2DecoderSplit } from './sam2-decoder.js';
 
 /** Any type `sam models convert` takes: SAM / MobileSAM, or SAM 2. */
 export type AnyModelType = SamModelType | Sam2ModelType;
@@ -32,9 +32,10 @@ export const MODEL_FORMAT = 'sam-onnx/1';
 /**
  * Version of the graphs this converter writes. A folder converted from the same checkpoint with
  * the same options by a converter with a lower version (or none) is upgraded in place: 1 added
- * the split decoder, 2 the MultiHeadAttention encoder with external weights.
+ * the split decoder, 2 the MultiHeadAttention encoder with external weights, 3 SAM 2's split
+ * decoder.
  */
-export const GRAPH_VERSION = 2;
+export const GRAPH_VERSION = 3;
 
 export const FILES = {
   /** SAM 2: the single-mask decoder beside the multimask decoder.onnx. */
@@ -57,6 +58,8 @@ export interface ConvertedManifest {
   decoder: string;
   /** SAM 2: the single-mask decoder (decoder is then the multimask one). */
   singleMaskDecoder?: string;
+  /** SAM 2: the multimask decoder split for automatic mask generation (src/engine/sam2-split-decoder.ts). */
+  sam2SplitDecoder?: { image: string; prompt: string; masks: string };
   decoderBatched?: false;
   /** Decoder with a dynamic prompt batch and no in-graph upscaling, for automatic mask generation. */
   batchedDecoder?: string;
@@ -410,7 +413,7 @@ function modelManifest(
   };
 }
 
-/** SAM 2: encoder.onnx (image_embed + high-res features), decoder.onnx (3 multimask outputs), decoder_single.onnx (mask token 0). */
+/** SAM 2: encoder.onnx (image_embed + high-res features), decoder.onnx (3 multimask outputs), decoder_single.onnx (mask token 0), and the multimask decoder split in three. */
 async function writeSam2Graphs(tmp: string, sd: StateDict, type: Sam2ModelType, ckptName: string, timer: PhaseTimer): Promise<void> {
   const meta = { producerName: 'sam-cli convert', producerVersion: packageVersion() };
   const one = async (what: string, file: string, build: () => GraphBuilder): Promise<void> => {
@@ -426,6 +429,11 @@ async function writeSam2Graphs(tmp: string, sd: StateDict, type: Sam2ModelType, 
   await one('encoder', FILES.encoder, () => buildSam2EncoderGraph(sd, SAM2_CONFIGS[type]));
   await one('decoder', FILES.decoder, () => buildSam2DecoderGraph(sd, { multimask: true }));
   await one('single-mask decoder', FILES.singleMaskDecoder, () => buildSam2DecoderGraph(sd, { multimask: false }));
+  // Automatic mask generation's multimask pass: image side once per crop, masks only for the
+  // prompts whose IoU passes pred_iou_thresh (the plain graph's masks, test/convert-sam2-decoder).
+  let split: ReturnType<typeof buildSam2DecoderSplit> | undefined;
+  const splitOf = (): ReturnType<typeof buildSam2DecoderSplit> => (split ??= buildSam2DecoderSplit(sd, { multimask: true }));
+  for (const side of ['image', 'prompt', 'masks'] as const) await one(`split decoder (${side} side)`, FILES.splitDecoder[side], () => splitOf()[side]);
 }
 
 function sam2Manifest(type: Sam2ModelType, ckptName: string, source: SourceChecksum, files: ConvertedManifest['files']): ConvertedManifest {
@@ -437,6 +445,7 @@ function sam2Manifest(type: Sam2ModelType, ckptName: string, source: SourceCheck
     encoder: FILES.encoder,
     decoder: FILES.decoder,
     singleMaskDecoder: FILES.singleMaskDecoder,
+    sam2SplitDecoder: { ...FILES.splitDecoder },
     description: `SAM 2 ${type} converted from ${ckptName} by sam models convert`,
     files,
     source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },

@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { modelError } from '../util/errors.js';
 import { sha256File } from '../util/hash.js';
 import { SplitDecoderSession, type SplitDecoderFiles } from './split-decoder.js';
+import { Sam2SplitDecoderSession, type Sam2SplitDecoderFiles } from './sam2-split-decoder.js';
 import { SAM2_HIGH_RES_DIMS, type ModelFamily } from '../io/embedding-file.js';
 
 /** `manifest.json` in a model folder. `sam models convert` writes it; users may write it by hand. */
@@ -34,6 +35,8 @@ export interface ModelManifest {
   family?: ModelFamily;
   /** SAM 2: the single-mask decoder (mask token 0); `decoder` is then the multimask one (tokens 1..3). */
   singleMaskDecoder?: string;
+  /** SAM 2: the multimask decoder split in three (src/engine/sam2-split-decoder.ts), preferred for automatic mask generation. */
+  sam2SplitDecoder?: Sam2SplitDecoderFiles;
   description?: string;
 }
 
@@ -313,6 +316,7 @@ export class SamModel {
   private splitDecoderP?: Promise<SplitDecoderSession | undefined>;
   private idP?: Promise<string>;
   private readonly sam2Decoders = new Map<string, Promise<Sam2DecoderSession>>();
+  private sam2SplitDecoderP?: Promise<Sam2SplitDecoderSession | undefined>;
 
   private constructor(
     readonly dir: string,
@@ -342,12 +346,13 @@ export class SamModel {
       const roles: [string, string][] = [['encoder', enc], ['decoder', dec]];
       if (typeof manifest.batchedDecoder === 'string') roles.push(['batchedDecoder', join(abs, manifest.batchedDecoder)]);
       if (typeof manifest.singleMaskDecoder === 'string') roles.push(['singleMaskDecoder', join(abs, manifest.singleMaskDecoder)]);
-      const split = manifest.splitDecoder;
-      if (split !== undefined) {
+      for (const key of ['splitDecoder', 'sam2SplitDecoder'] as const) {
+        const split = manifest[key];
+        if (split === undefined) continue;
         if (typeof split !== 'object' || split === null || !(['image', 'prompt', 'masks'] as const).every((k) => typeof split[k] === 'string')) {
-          throw modelError(`${manifestPath}: "splitDecoder" needs string fields "image", "prompt" and "masks" naming .onnx files; fix it or remove it`);
+          throw modelError(`${manifestPath}: "${key}" needs string fields "image", "prompt" and "masks" naming .onnx files; fix it or remove it`);
         }
-        for (const k of ['image', 'prompt', 'masks'] as const) roles.push([`splitDecoder.${k}`, join(abs, split[k])]);
+        for (const k of ['image', 'prompt', 'masks'] as const) roles.push([`${key}.${k}`, join(abs, split[k])]);
       }
       for (const [role, file] of roles) {
         const st = await stat(file).catch(() => undefined);
@@ -393,6 +398,23 @@ export class SamModel {
     });
     this.sam2Decoders.set(file, p);
     return p;
+  }
+
+  /** SAM 2: the manifest's `sam2SplitDecoder`, or undefined when it names none (folders of older converters, samexporter's). */
+  sam2SplitDecoder(): Promise<Sam2SplitDecoderSession | undefined> {
+    this.sam2SplitDecoderP ??= (async () => {
+      const files = this.manifest?.sam2SplitDecoder;
+      if (this.family !== 'sam2' || !files) return undefined;
+      const abs = { image: join(this.dir, files.image), prompt: join(this.dir, files.prompt), masks: join(this.dir, files.masks) };
+      // As splitDecoder(): the prompt side (every prompt) keeps its arena, the others give theirs back.
+      const [image, prompt, masks] = await Promise.all([
+        createSession(abs.image, this.options, false),
+        createSession(abs.prompt, this.options),
+        createSession(abs.masks, this.options, false),
+      ]);
+      return Sam2SplitDecoderSession.create(abs, image, prompt, masks);
+    })();
+    return this.sam2SplitDecoderP;
   }
 
   /** Identifier written into embedding files: the manifest id, else a hash of the encoder file. */

@@ -11,12 +11,13 @@
 import * as ort from 'onnxruntime-node';
 import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH } from '../core/constants.js';
 import { StageTimes } from '../core/timings.js';
-import type { AmgPredictor, PointPrediction } from '../amg/predictor.js';
+import type { AmgPredictor, MaskFilter, PointPrediction } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
 import { cropImage, preprocessSam2, type RgbImage } from '../io/image.js';
 import { modelError } from '../util/errors.js';
-import type { EncoderSession, Sam2DecoderSession } from './model.js';
+import type { EncoderSession, SamModel, Sam2DecoderSession } from './model.js';
+import { Sam2SplitDecoderSession, type Sam2SplitImageSide } from './sam2-split-decoder.js';
 import type { ImageState } from './predictor.js';
 
 /**
@@ -37,13 +38,14 @@ export function sam2PointCoords(points: ArrayLike<number>, [h, w]: Size): Float3
 }
 
 export class Sam2AmgPredictor implements AmgPredictor {
-  private feeds?: Record<string, ort.Tensor>;
+  private feeds?: Record<'image_embed' | 'high_res_feats_0' | 'high_res_feats_1', ort.Tensor>;
+  private imageSide?: Sam2SplitImageSide;
   private cropSize: Size = [0, 0];
 
   constructor(
     private readonly encoder: EncoderSession | undefined,
-    /** The multimask decoder (multimask_output) or the single-mask one. */
-    private readonly decoder: Sam2DecoderSession,
+    /** The multimask decoder (multimask_output), plain or split, or the single-mask one. */
+    private readonly decoder: Sam2DecoderSession | Sam2SplitDecoderSession,
     /** The single-mask decoder for use_m2m's refinement; undefined: no refinement. */
     private readonly refiner: Sam2DecoderSession | undefined,
     private readonly image: RgbImage,
@@ -76,24 +78,41 @@ export class Sam2AmgPredictor implements AmgPredictor {
       high_res_feats_0: new ort.Tensor('float32', highResFeats[0], [...SAM2_HIGH_RES_DIMS[0]]),
       high_res_feats_1: new ort.Tensor('float32', highResFeats[1], [...SAM2_HIGH_RES_DIMS[1]]),
     };
+    this.imageSide = undefined;
+    const decoder = this.decoder;
+    if (decoder instanceof Sam2SplitDecoderSession) {
+      const feeds = this.feeds;
+      this.imageSide = await this.timings.time('decoder', () => decoder.imageSide(feeds));
+    }
     this.cropSize = size;
     return { cropSize: size, inputSize: [IMAGE_SIZE, IMAGE_SIZE] };
   }
 
-  /** Every prompt's logits are returned (the decoder computes them all anyway). */
-  async predictPoints(points: Float32Array): Promise<PointPrediction> {
+  /**
+   * The plain graph returns every prompt's logits (it computes them all anyway); the split graphs
+   * only those of the prompts `masks` asks for (maskRows), unless use_m2m refines every candidate
+   * (its IoU filter then applies to the refined IoUs).
+   */
+  async predictPoints(points: Float32Array, masks?: MaskFilter): Promise<PointPrediction> {
     const feeds = this.feeds;
     if (!feeds) throw new Error('internal: predictPoints before setCrop');
     const b = points.length / 2;
     const coords = sam2PointCoords(points, this.cropSize);
     const labels = new Float32Array(b).fill(1);
     const t0 = performance.now();
+    if (this.decoder instanceof Sam2SplitDecoderSession) {
+      const r = await this.predictSplit(this.decoder, coords, labels, b, this.refiner ? undefined : masks);
+      if (this.refiner && b > 0) await this.refine(this.refiner, feeds, coords, b, r.k, r.iou, r.logits);
+      this.timings.add('decoder', performance.now() - t0);
+      return { iouPredictions: r.iou, masksPerPoint: r.k, lowResLogits: r.logits, ...(r.rows ? { maskRows: r.rows } : {}) };
+    }
+    const decoder = this.decoder;
     let k = 0;
     let iou = new Float32Array(0);
     let logits = new Float32Array(0);
     for (let start = 0; start < b; start += SAM2_DECODER_CHUNK) {
       const rows = Math.min(SAM2_DECODER_CHUNK, b - start);
-      const r = await this.decoder.run(feeds, coords.subarray(start * 2, (start + rows) * 2), labels.subarray(start, start + rows), rows, 1);
+      const r = await decoder.run(feeds, coords.subarray(start * 2, (start + rows) * 2), labels.subarray(start, start + rows), rows, 1);
       if (k === 0) {
         k = r.numMasks;
         iou = new Float32Array(b * k);
@@ -105,6 +124,44 @@ export class Sam2AmgPredictor implements AmgPredictor {
     if (this.refiner && b > 0) await this.refine(this.refiner, feeds, coords, b, k, iou, logits);
     this.timings.add('decoder', performance.now() - t0);
     return { iouPredictions: iou, masksPerPoint: k, lowResLogits: logits };
+  }
+
+  /**
+   * Prompt side for every prompt, mask side for those with an IoU above `filter` (all without):
+   * IoUs [b, K], logits [kept, K, 256, 256] and, with a filter, the kept prompts (ascending).
+   */
+  private async predictSplit(
+    decoder: Sam2SplitDecoderSession,
+    coords: Float32Array,
+    labels: Float32Array,
+    b: number,
+    filter: MaskFilter | undefined,
+  ): Promise<{ iou: Float32Array; k: number; logits: Float32Array; rows?: Int32Array }> {
+    const image = this.imageSide;
+    if (!image) throw new Error('internal: SAM 2 split decoder without its image side');
+    let k = 0;
+    let iou = new Float32Array(0);
+    let logits = new Float32Array(0);
+    const kept: number[] = [];
+    for (let start = 0; start < b; start += SAM2_DECODER_CHUNK) {
+      const rows = Math.min(SAM2_DECODER_CHUNK, b - start);
+      const stage1 = await decoder.promptSide(image, coords.subarray(start * 2, (start + rows) * 2), labels.subarray(start, start + rows), rows, 1);
+      if (k === 0) {
+        k = stage1.numMasks;
+        iou = new Float32Array(b * k);
+        logits = new Float32Array(b * k * LOW_RES_LENGTH);
+      }
+      iou.set(stage1.iouPredictions.subarray(0, rows * k), start * k);
+      const want: number[] = [];
+      for (let i = 0; i < rows; i++) {
+        if (!filter || stage1.iouPredictions.subarray(i * k, (i + 1) * k).some((v) => v > filter.iouAbove)) want.push(i);
+      }
+      if (want.length === 0) continue;
+      const low = await decoder.maskSide(image, stage1, Int32Array.from(want));
+      logits.set(low, kept.length * k * LOW_RES_LENGTH);
+      for (const i of want) kept.push(start + i);
+    }
+    return { iou, k, logits: logits.subarray(0, kept.length * k * LOW_RES_LENGTH), ...(filter ? { rows: Int32Array.from(kept) } : {}) };
   }
 
   /** use_m2m: candidate j (point j / k) again, with its logits as mask_input; results replace it in place. */
@@ -133,4 +190,13 @@ export class Sam2AmgPredictor implements AmgPredictor {
       logits.set(r.lowResMasks.subarray(0, rows * LOW_RES_LENGTH), start * LOW_RES_LENGTH);
     }
   }
+}
+
+/**
+ * The decoder SAM 2's generator runs its grid through: the split multimask graphs when the folder
+ * has them (same masks, mask side only for prompts that pass the IoU filter), else the plain
+ * multimask graph; the single-mask graph for multimask_output=False.
+ */
+export async function sam2AmgDecoder(model: SamModel, multimask: boolean): Promise<Sam2DecoderSession | Sam2SplitDecoderSession> {
+  return (multimask ? await model.sam2SplitDecoder() : undefined) ?? model.sam2Decoder(multimask);
 }

@@ -10,7 +10,7 @@ import { StageTimes } from '../core/timings.js';
 import type { Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
 import { OnnxAmgPredictor } from '../engine/amg-predictor.js';
-import { Sam2AmgPredictor } from '../engine/sam2-amg-predictor.js';
+import { Sam2AmgPredictor, sam2AmgDecoder } from '../engine/sam2-amg-predictor.js';
 import type { AmgWorker } from '../engine/amg-worker-client.js';
 import {
   isOutputComplete,
@@ -91,7 +91,7 @@ export async function autoImage(setup: AutoSetup, item: InputImage, timings: Sta
     // SAM 2 runs on this thread (the engine worker drives SAM v1 decoders).
     const [encoder, decoder, refiner] = await Promise.all([
       needEncoder ? setup.model.encoder() : undefined,
-      setup.model.sam2Decoder(setup.amg.multimaskOutput !== false),
+      sam2AmgDecoder(setup.model, setup.amg.multimaskOutput !== false),
       setup.amg.useM2m ? setup.model.sam2Decoder(false) : undefined,
     ]);
     const predictor = new Sam2AmgPredictor(encoder, decoder, refiner, image, timings, state);
