@@ -384,11 +384,16 @@ describe('SAM 2.1 tiny prompt encoder + mask decoder (random weights) vs the off
 
 describe('split SAM 2.1 decoder (image side once, prompt side per batch, masks only where needed)', () => {
   it('gives the plain graph\'s masks and IoUs for every case without a mask input', async () => {
-    for (const multimask of [true, false]) {
+    for (const [multimask, factorized] of [[true, true], [false, true], [true, false]] as const) {
       const t0 = performance.now();
-      const graphs = buildSam2DecoderSplit(sd, { multimask });
+      const graphs = buildSam2DecoderSplit(sd, { multimask, factorized });
       const [imageSide, promptSide, maskSide] = await Promise.all([graphs.image, graphs.prompt, graphs.masks].map((gb) => session(gb.serialize())));
-      console.log(`split decoder (${multimask ? 'multimask' : 'single'}): build + sessions ${(performance.now() - t0).toFixed(0)} ms`);
+      console.log(`split decoder (${multimask ? 'multimask' : 'single'}, ${factorized ? 'factorized' : 'plain projections'}): build + sessions ${(performance.now() - t0).toFixed(0)} ms`);
+      const promptFeeds = (img: Record<string, ort.Tensor>, f: Record<string, ort.Tensor>): Record<string, ort.Tensor> => ({
+        ...Object.fromEntries(promptSide.inputNames.filter((n) => n in img).map((n) => [n, img[n]])),
+        point_coords: f.point_coords,
+        point_labels: f.point_labels,
+      });
       for (const [s, io] of [
         [imageSide, SAM2_SPLIT_DECODER_IO.image],
         [promptSide, SAM2_SPLIT_DECODER_IO.prompt],
@@ -404,7 +409,7 @@ describe('split SAM 2.1 decoder (image side once, prompt side per batch, masks o
         const gc = golden.get(name)!;
         const f = feeds([gc.prompt]);
         const t1 = performance.now();
-        const p = await promptSide.run({ src: img.src, point_coords: f.point_coords, point_labels: f.point_labels });
+        const p = await promptSide.run(promptFeeds(img, f));
         const promptMs = performance.now() - t1;
         const t2 = performance.now();
         const out = await maskSide.run({ transformer_src: p.transformer_src, hyper_in: p.hyper_in, feats1_rows: img.feats1_rows, feats0_rows: img.feats0_rows });
@@ -426,7 +431,7 @@ describe('split SAM 2.1 decoder (image side once, prompt side per batch, masks o
         const point = golden.get('point')!;
         const prompts = [{ coords: Float32Array.from([10, 20]), labels: Float32Array.from([1]) }, point.prompt, { coords: Float32Array.from([1000, 900]), labels: Float32Array.from([1]) }];
         const f = feeds(prompts);
-        const p = await promptSide.run({ src: img.src, point_coords: f.point_coords, point_labels: f.point_labels });
+        const p = await promptSide.run(promptFeeds(img, f));
         const ts = p.transformer_src.data as Float32Array;
         const hyper = p.hyper_in.data as Float32Array;
         const rowSrc = new ort.Tensor('float32', ts.slice(4096 * 256, 2 * 4096 * 256), [1, 4096, 256]);

@@ -100,7 +100,7 @@ describe('sam auto on SAM 2.1 tiny against SAM2AutomaticMaskGenerator', () => {
     }, 300_000);
   }
 
-  it('the split decoder (default) gives the plain graph\'s records, skipping masks of prompts the IoU filter drops', async () => {
+  it('the split decoder (default) gives the plain graph\'s records to float32 rounding, skipping masks of prompts the IoU filter drops', async () => {
     const model = await SamModel.open(modelDir);
     const split = await model.sam2SplitDecoder();
     expect(split).toBeInstanceOf(Sam2SplitDecoderSession);
@@ -115,9 +115,21 @@ describe('sam auto on SAM 2.1 tiny against SAM2AutomaticMaskGenerator', () => {
       const run = (d: typeof plain | Sam2SplitDecoderSession) =>
         new SamAutomaticMaskGenerator(new Sam2AmgPredictor(undefined, d, o.useM2m ? refiner : undefined, image, undefined, state), o).generate([534, 800]);
       const [a, b] = [await run(plain), await run(split!)];
-      expect(b.length, JSON.stringify(extra)).toBeGreaterThan(0);
-      expect(b.length, JSON.stringify(extra)).toBeLessThan(48);
-      expect(b, JSON.stringify(extra)).toEqual(a);
+      const what = JSON.stringify(extra);
+      expect(b.length, what).toBeGreaterThan(0);
+      expect(b.length, what).toBeLessThan(48);
+      expect(b.length, what).toBe(a.length);
+      // The factorized cross attentions reassociate float32 sums: logits agree to ~2e-8, so only
+      // pixels whose logit is that close to 0 may flip; everything else is the same.
+      let minIou = 1;
+      b.forEach((r, i) => {
+        expect(r.point_coords, what).toEqual(a[i].point_coords);
+        expect(Math.abs(r.predicted_iou - a[i].predicted_iou), what).toBeLessThan(1e-6);
+        expect(Math.abs(r.stability_score - a[i].stability_score), what).toBeLessThan(1e-6);
+        minIou = Math.min(minIou, maskIou(decodeRle(r.segmentation).data, decodeRle(a[i].segmentation).data));
+      });
+      console.log(`split vs plain ${what}: ${b.length} records, min mask IoU ${minIou.toFixed(7)}`);
+      expect(minIou, what).toBeGreaterThan(0.9999);
     }
   }, 300_000);
 

@@ -140,7 +140,7 @@ function imageSideShapes(x: Dims): Record<(typeof SPLIT_DECODER_IO.image.outputs
 }
 
 /** Helpers on top of DecoderGraph for the split graphs. */
-class SplitGraph {
+export class SplitGraph {
   readonly g: GraphBuilder;
   readonly x: Dims;
 
@@ -362,14 +362,29 @@ class SplitGraph {
 
 /** The image-side graph: image_embeddings → src, pos_src, layer 0's image-side projections. */
 export function buildSamDecoderImageSide(sd: StateDict, prefix = ''): GraphBuilder {
-  const cfg = decoderConfigFromStateDict(sd, prefix);
-  const g = new GraphBuilder('sam_decoder_image_side');
+  return buildSplitImageSide(sd, prefix, { graphName: 'sam_decoder_image_side', cfg: decoderConfigFromStateDict(sd, prefix), embeddingName: 'image_embeddings' });
+}
+
+/** What the image side of SAM 2's split decoder adds to SAM's (sam2-decoder.ts). */
+export interface ImageSideSpec {
+  graphName: string;
+  cfg: DecoderConfig;
+  /** The [1,C,64,64] embedding input: image_embeddings (SAM), image_embed (SAM 2). */
+  embeddingName: string;
+  /** More inputs and outputs (SAM 2's high-res feature rows for the mask side). */
+  extra?: (d: DecoderGraph) => void;
+}
+
+/** The image side of SAM's or SAM 2's split decoder (their transformers are the same). */
+export function buildSplitImageSide(sd: StateDict, prefix: string, spec: ImageSideSpec): GraphBuilder {
+  const g = new GraphBuilder(spec.graphName);
   const d = new DecoderGraph(g, sd, prefix);
-  const s = new SplitGraph(d, cfg);
+  const s = new SplitGraph(d, spec.cfg);
   const x = s.x;
   const l0 = `${TRANSFORMER}.layers.0`;
 
-  const emb = g.input('image_embeddings', 'float32', [1, x.c, EMBED_HW, EMBED_HW]);
+  const emb = g.input(spec.embeddingName, 'float32', [1, x.c, EMBED_HW, EMBED_HW]);
+  spec.extra?.(d);
   // [1,C,64,64] → [4096,C] + no_mask_embed (= the dense prompt embedding without mask input)
   const tokens = g.op('Transpose', [g.op('Reshape', [emb, g.constInt64([x.c, HW])])], { perm: [1, 0] });
   const src = g.op('Add', [tokens, d.weight('prompt_encoder.no_mask_embed.weight', [1, x.c])]);
@@ -399,12 +414,52 @@ export function buildSamDecoderImageSide(sd: StateDict, prefix = ''): GraphBuild
 export function buildSamDecoderPromptSide(sd: StateDict, opts: SplitDecoderOptions = {}, prefix = ''): GraphBuilder {
   const factorized = opts.factorized ?? true;
   const cfg = decoderConfigFromStateDict(sd, prefix);
-  const g = new GraphBuilder(`sam_decoder_prompt_side${factorized ? '' : '_direct'}`);
+  const x = dimsOf(cfg);
+  const md = 'mask_decoder';
+  return buildSplitPromptSide(sd, prefix, factorized, {
+    graphName: `sam_decoder_prompt_side${factorized ? '' : '_direct'}`,
+    cfg,
+    mlp: ['mlp.lin1', 'mlp.lin2'],
+    // tokens [B, 1+M+N, C]: iou token, mask tokens, prompt points (predict_masks)
+    tokens: (d, pointCoords, pointLabels, batchShape) => {
+      const { g } = d;
+      const sparse = embedPoints(d, pointCoords, pointLabels, cfg);
+      const outputTokens = g.op('Concat', [d.weight(`${md}.iou_token.weight`, [1, x.c]), d.weight(`${md}.mask_tokens.weight`, [x.m, x.c])], { axis: 0 });
+      const expanded = g.op('Expand', [g.op('Unsqueeze', [outputTokens, g.constInt64([0])]), g.op('Concat', [batchShape, g.constInt64([1, 1])], { axis: 0 })]);
+      return g.op('Concat', [expanded, sparse], { axis: 1 });
+    },
+    // heads: IoU from the iou token, hypernetwork MLPs (one per mask token) as one batched MatMul
+    heads: (d, hs, s) => {
+      const { g } = d;
+      const iou = d.mlp(g.op('Gather', [hs, g.constInt64([0], [])], { axis: 1 }), `${md}.iou_prediction_head`, cfg.iouHeadDepth);
+      const maskTokens = g.op('Transpose', [g.op('Slice', [hs, g.constInt64([1]), g.constInt64([1 + x.m]), g.constInt64([1])])], { perm: [1, 0, 2] }); // [M,B,C]
+      const hyperKeys = Array.from({ length: x.m }, (_, i) => `${md}.output_hypernetworks_mlps.${i}`);
+      const hyper = g.op('Transpose', [s.stackedMlps(maskTokens, hyperKeys, cfg.hypernetDepth)], { perm: [1, 0, 2] }); // [B,M,C/8]
+      return { iou, hyper, m: x.m };
+    },
+  });
+}
+
+/** What differs between SAM's and SAM 2's prompt side; the TwoWayTransformer between is the same. */
+export interface PromptSideSpec {
+  graphName: string;
+  cfg: DecoderConfig;
+  /** The transformer MLP's two Linears under `layers.i.`: mlp.lin1 / mlp.lin2 (SAM), mlp.layers.0 / mlp.layers.1 (SAM 2). */
+  mlp: readonly [string, string];
+  /** point_coords [B,N,2], point_labels [B,N] → the transformer's tokens [B,T,C]. */
+  tokens: (d: DecoderGraph, pointCoords: TensorRef, pointLabels: TensorRef, batchShape: TensorRef) => TensorRef;
+  /** hs [B,T,C] → iou_predictions [B,M], hyper_in [B,M,C/8]. */
+  heads: (d: DecoderGraph, hs: TensorRef, s: SplitGraph) => { iou: TensorRef; hyper: TensorRef; m: number };
+}
+
+/** The prompt side of SAM's or SAM 2's split decoder. */
+export function buildSplitPromptSide(sd: StateDict, prefix: string, factorized: boolean, spec: PromptSideSpec): GraphBuilder {
+  const cfg = spec.cfg;
+  const g = new GraphBuilder(spec.graphName);
   const d = new DecoderGraph(g, sd, prefix);
   const s = new SplitGraph(d, cfg);
   const x = s.x;
   const b: Dim = 'batch';
-  const md = 'mask_decoder';
 
   const shapes = imageSideShapes(x);
   const src = g.input('src', 'float32', shapes.src);
@@ -415,17 +470,8 @@ export function buildSamDecoderPromptSide(sd: StateDict, opts: SplitDecoderOptio
   const pointCoords = g.input('point_coords', 'float32', [b, 'num_points', 2]);
   const pointLabels = g.input('point_labels', 'float32', [b, 'num_points']);
 
-  // tokens [B, 1+M+N, C]: iou token, mask tokens, prompt points (predict_masks)
-  const sparse = embedPoints(d, pointCoords, pointLabels, cfg);
   const batchShape = g.op('Shape', [pointCoords], { start: 0, end: 1 });
-  const outputTokens = g.op('Concat', [d.weight(`${md}.iou_token.weight`, [1, x.c]), d.weight(`${md}.mask_tokens.weight`, [x.m, x.c])], {
-    axis: 0,
-  });
-  const expanded = g.op('Expand', [
-    g.op('Unsqueeze', [outputTokens, g.constInt64([0])]),
-    g.op('Concat', [batchShape, g.constInt64([1, 1])], { axis: 0 }),
-  ]);
-  const tokens = g.op('Concat', [expanded, sparse], { axis: 1 });
+  const tokens = spec.tokens(d, pointCoords, pointLabels, batchShape);
   const bt = g.op('Shape', [tokens], { start: 0, end: 2 }); // [B, T]
 
   // TwoWayTransformer
@@ -454,7 +500,7 @@ export function buildSamDecoderPromptSide(sd: StateDict, opts: SplitDecoderOptio
     queries = d.layerNorm(g.op('Add', [queries, t2iOut]), `${layer}.norm2`);
 
     // MLPBlock
-    const mlpOut = d.linear(g.op('Relu', [d.linear(queries, `${layer}.mlp.lin1`)]), `${layer}.mlp.lin2`);
+    const mlpOut = d.linear(g.op('Relu', [d.linear(queries, `${layer}.${spec.mlp[0]}`)]), `${layer}.${spec.mlp[1]}`);
     queries = d.layerNorm(g.op('Add', [queries, mlpOut]), `${layer}.norm3`);
 
     // image → tokens; its k reads queries + query_pe like the next self-attention's q and k (or
@@ -489,17 +535,10 @@ export function buildSamDecoderPromptSide(sd: StateDict, opts: SplitDecoderOptio
   const finOut = factorized ? s.tokenToImageFactorized(qf, keys, keysPe, fin) : s.tokenToImageDirect(qf, keys, keysPe, fin);
   const hs = d.layerNorm(g.op('Add', [queries, finOut]), `${TRANSFORMER}.norm_final_attn`);
 
-  // heads: IoU from the iou token, hypernetwork MLPs (one per mask token) as one batched MatMul
-  const iouPred = d.mlp(g.op('Gather', [hs, g.constInt64([0], [])], { axis: 1 }), `${md}.iou_prediction_head`, cfg.iouHeadDepth);
-  const maskTokens = g.op('Transpose', [g.op('Slice', [hs, g.constInt64([1]), g.constInt64([1 + x.m]), g.constInt64([1])])], {
-    perm: [1, 0, 2],
-  }); // [M,B,C]
-  const hyperKeys = Array.from({ length: x.m }, (_, i) => `${md}.output_hypernetworks_mlps.${i}`);
-  const hyper = g.op('Transpose', [s.stackedMlps(maskTokens, hyperKeys, cfg.hypernetDepth)], { perm: [1, 0, 2] }); // [B,M,C/8]
-
-  g.output(iouPred, 'iou_predictions', 'float32', [b, x.m]);
+  const { iou, hyper, m } = spec.heads(d, hs, s);
+  g.output(iou, 'iou_predictions', 'float32', [b, m]);
   g.output(keys, 'transformer_src', 'float32', [b, HW, x.c]);
-  g.output(hyper, 'hyper_in', 'float32', [b, x.m, x.c / 8]);
+  g.output(hyper, 'hyper_in', 'float32', [b, m, x.c / 8]);
   return g;
 }
 

@@ -54,6 +54,7 @@ import { modelError } from '../util/errors.js';
 import type { StateDict } from './checkpoint.js';
 import { GraphBuilder, dataTypeCode, type ModelOptions, type TensorRef } from './onnx-builder.js';
 import { DecoderGraph, EMBED_HW, LN2D_EPS, LN_EPS, LOW_RES, denseImagePe, embedPoints, type DecoderConfig } from './sam-decoder.js';
+import { buildSplitImageSide, buildSplitPromptSide } from './sam-decoder-split.js';
 
 export interface Sam2DecoderOptions {
   /** true: the 3 multimask outputs (tokens 1..3); false: the single mask (token 0). */
@@ -497,13 +498,19 @@ function dynamicMultimaskViaStability(
  *
  *   image side, once per image (crop):
  *     image_embed, high_res_feats_0, high_res_feats_1
- *     → src [1,4096,256]          image tokens + no_mask_embed (row y·64+x, channels last)
- *       feats1_rows [1,16384,64]  high_res_feats_1 in ConvT₁'s row order (y,x,i,j)
+ *     → feats1_rows [1,16384,64]  high_res_feats_1 in ConvT₁'s row order (y,x,i,j)
  *       feats0_rows [1,65536,32]  high_res_feats_0 in ConvT₂'s row order (y,x,i,j,k,l)
+ *       src, pos_src [4096,256], l0_t2i_k [8,16,4096], l0_t2i_v [8,4096,16], l0_i2t_q [4096,128]
+ *                                 as sam-decoder-split.ts' image side (image tokens + no_mask_embed,
+ *                                 dense PE, layer 0's prompt-independent projections)
  *   prompt side, per batch of B prompts of equal p (point_coords [B,p,2] / point_labels [B,p] as
  *   for the plain graph, without the padding point):
- *     src, point_coords, point_labels
+ *     src, pos_src, l0_*, point_coords, point_labels
  *     → iou_predictions [B,M]  transformer_src [B,4096,256]  hyper_in [B,M,32]
+ *     sam-decoder-split.ts' prompt side with SAM 2's tokens ([obj_score, iou, mask×4, points,
+ *     padding point]), MLP key names (mlp.layers.0/1) and heads (sigmoid IoU, tokens 2..5): the
+ *     TwoWayTransformer is the same module, so its factorized cross attentions apply unchanged
+ *     (`factorized: false`: the plain projections).
  *   mask side, only for the prompts (rows) and masks (columns of hyper_in) that are needed:
  *     transformer_src [B,4096,256], hyper_in [B,K,32], feats1_rows, feats0_rows
  *     → masks [B,K,256,256] (clamped to ±32)
@@ -521,8 +528,14 @@ export interface Sam2SplitDecoderGraphs {
 
 /** Graph input/output names of the split decoder, in order. */
 export const SAM2_SPLIT_DECODER_IO = {
-  image: { inputs: ['image_embed', 'high_res_feats_0', 'high_res_feats_1'], outputs: ['src', 'feats1_rows', 'feats0_rows'] },
-  prompt: { inputs: ['src', 'point_coords', 'point_labels'], outputs: ['iou_predictions', 'transformer_src', 'hyper_in'] },
+  image: {
+    inputs: ['image_embed', 'high_res_feats_0', 'high_res_feats_1'],
+    outputs: ['feats1_rows', 'feats0_rows', 'src', 'pos_src', 'l0_t2i_k', 'l0_t2i_v', 'l0_i2t_q'],
+  },
+  prompt: {
+    inputs: ['src', 'pos_src', 'l0_t2i_k', 'l0_t2i_v', 'l0_i2t_q', 'point_coords', 'point_labels'],
+    outputs: ['iou_predictions', 'transformer_src', 'hyper_in'],
+  },
   masks: { inputs: ['transformer_src', 'hyper_in', 'feats1_rows', 'feats0_rows'], outputs: ['masks'] },
 } as const;
 
@@ -533,43 +546,46 @@ const SPLIT_SHAPES = {
 } as const;
 
 /** The three graphs of the split decoder (see above). */
-export function buildSam2DecoderSplit(sd: StateDict, opts: { multimask: boolean }): Sam2SplitDecoderGraphs {
+export function buildSam2DecoderSplit(sd: StateDict, opts: { multimask: boolean; factorized?: boolean }): Sam2SplitDecoderGraphs {
   checkSam2DecoderTensors(sd);
   const c = CFG.embedDim;
   const mode = opts.multimask ? 'multimask' : 'single';
 
-  const image = new GraphBuilder('sam2_decoder_image_side');
-  {
-    const d = new DecoderGraph(image, sd, PREFIX);
-    const g = image;
-    const emb = g.input('image_embed', 'float32', [1, c, EMBED_HW, EMBED_HW]);
-    const f0 = g.input('high_res_feats_0', 'float32', [1, c / 8, LOW_RES, LOW_RES]);
-    const f1 = g.input('high_res_feats_1', 'float32', [1, c / 4, LOW_RES / 2, LOW_RES / 2]);
-    const src = g.op('Add', [imageTokens(g, emb), d.weight('prompt_encoder.no_mask_embed.weight')]);
-    g.output(src, 'src', 'float32', SPLIT_SHAPES.src);
-    g.output(feats1Rows(g, f1, c / 4), 'feats1_rows', 'float32', SPLIT_SHAPES.feats1_rows);
-    g.output(feats0Rows(g, f0, c / 8), 'feats0_rows', 'float32', SPLIT_SHAPES.feats0_rows);
-  }
-
-  const prompt = new GraphBuilder(`sam2_decoder_prompt_side_${mode}`);
-  {
-    const d = new DecoderGraph(prompt, sd, PREFIX);
-    const g = prompt;
-    const b = 'batch';
-    const src = g.input('src', 'float32', SPLIT_SHAPES.src);
-    const pointCoords = g.input('point_coords', 'float32', [b, 'num_points', 2]);
-    const pointLabels = g.input('point_labels', 'float32', [b, 'num_points']);
-    const batchShape = g.op('Shape', [pointCoords], { start: 0, end: 1 });
-    const sparse = embedPromptPoints(d, pointCoords, pointLabels, batchShape);
-    const [hs, keys] = transformerStage(d, src, sparse, batchShape);
-    const tokens = opts.multimask ? [1, 2, 3] : [0];
-    const { iou, hyper } = tokenHeads(d, hs, tokens);
-    const [start, end] = opts.multimask ? [1, 4] : [0, 1];
-    const m = tokens.length;
-    g.output(g.op('Slice', [iou, g.constInt64([start]), g.constInt64([end]), g.constInt64([1])]), 'iou_predictions', 'float32', [b, m]);
-    g.output(keys, 'transformer_src', 'float32', [b, HW, c]);
-    g.output(hyper, 'hyper_in', 'float32', [b, m, c / 8]);
-  }
+  // Image and prompt sides: SAM's split builders (the TwoWayTransformer is the same, factorized
+  // cross attentions included), with SAM 2's tokens, MLP key names, heads and high-res rows.
+  const image = buildSplitImageSide(sd, PREFIX, {
+    graphName: 'sam2_decoder_image_side',
+    cfg: CFG,
+    embeddingName: 'image_embed',
+    extra: (d) => {
+      const g = d.g;
+      const f0 = g.input('high_res_feats_0', 'float32', [1, c / 8, LOW_RES, LOW_RES]);
+      const f1 = g.input('high_res_feats_1', 'float32', [1, c / 4, LOW_RES / 2, LOW_RES / 2]);
+      g.output(feats1Rows(g, f1, c / 4), 'feats1_rows', 'float32', SPLIT_SHAPES.feats1_rows);
+      g.output(feats0Rows(g, f0, c / 8), 'feats0_rows', 'float32', SPLIT_SHAPES.feats0_rows);
+    },
+  });
+  const tokensOut = opts.multimask ? [1, 2, 3] : [0];
+  const prompt = buildSplitPromptSide(sd, PREFIX, opts.factorized ?? true, {
+    graphName: `sam2_decoder_prompt_side_${mode}`,
+    cfg: CFG,
+    mlp: ['mlp.layers.0', 'mlp.layers.1'],
+    // [obj_score, iou, mask×4] + the points and the padding point (transformerStage)
+    tokens: (d, pointCoords, pointLabels, batchShape) => {
+      const g = d.g;
+      const md = 'mask_decoder';
+      const sparse = embedPromptPoints(d, pointCoords, pointLabels, batchShape);
+      const outputTokens = g.op('Concat', [d.weight(`${md}.obj_score_token.weight`), d.weight(`${md}.iou_token.weight`), d.weight(`${md}.mask_tokens.weight`)], { axis: 0 });
+      const expanded = g.op('Expand', [g.op('Unsqueeze', [outputTokens, g.constInt64([0])]), g.op('Concat', [batchShape, g.constInt64([1, 1])], { axis: 0 })]);
+      return g.op('Concat', [expanded, sparse], { axis: 1 });
+    },
+    heads: (d, hs) => {
+      const g = d.g;
+      const { iou, hyper } = tokenHeads(d, hs, tokensOut);
+      const [start, end] = opts.multimask ? [1, 4] : [0, 1];
+      return { iou: g.op('Slice', [iou, g.constInt64([start]), g.constInt64([end]), g.constInt64([1])]), hyper, m: tokensOut.length };
+    },
+  });
 
   const masks = new GraphBuilder('sam2_decoder_mask_side');
   {

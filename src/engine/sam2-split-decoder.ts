@@ -3,8 +3,9 @@
  * buildSam2DecoderSplit), for automatic mask generation's point prompts without mask input:
  *
  *   image side   image_embed [1,256,64,64], high_res_feats_0 [1,32,256,256], high_res_feats_1 [1,64,128,128]
- *                → src [1,4096,256], feats1_rows [1,16384,64], feats0_rows [1,65536,32]   (once per crop)
- *   prompt side  src + point_coords [B,N,2] + point_labels [B,N] (no padding point)
+ *                → feats1_rows [1,16384,64], feats0_rows [1,65536,32], src and the other
+ *                  prompt-independent tensors the prompt side takes (once per crop)
+ *   prompt side  those + point_coords [B,N,2] + point_labels [B,N] (no padding point)
  *                → iou_predictions [B,3], transformer_src [B,4096,256], hyper_in [B,3,32]
  *   mask side    transformer_src, hyper_in (rows that pass the IoU filter) + feats1_rows, feats0_rows
  *                → masks [B,3,256,256] (clamped to ±32)
@@ -25,12 +26,13 @@ export interface Sam2SplitDecoderFiles {
 
 /** The graphs' input / output names (sam2-decoder.ts SAM2_SPLIT_DECODER_IO). */
 const IO = {
-  image: { inputs: ['image_embed', 'high_res_feats_0', 'high_res_feats_1'], outputs: ['src', 'feats1_rows', 'feats0_rows'] },
+  image: { inputs: ['image_embed', 'high_res_feats_0', 'high_res_feats_1'], outputs: ['feats1_rows', 'feats0_rows', 'src'] },
   prompt: { inputs: ['src', 'point_coords', 'point_labels'], outputs: ['iou_predictions', 'transformer_src', 'hyper_in'] },
   masks: { inputs: ['transformer_src', 'hyper_in', 'feats1_rows', 'feats0_rows'], outputs: ['masks'] },
 } as const;
 
-export type Sam2SplitImageSide = Readonly<Record<'src' | 'feats1_rows' | 'feats0_rows', ort.Tensor>>;
+/** The image side's outputs: feats1_rows and feats0_rows for the mask side, the others (src, …) for the prompt side. */
+export type Sam2SplitImageSide = Readonly<Record<string, ort.Tensor>>;
 
 export interface Sam2SplitStage1 {
   /** [B, M] */
@@ -73,14 +75,15 @@ export class Sam2SplitDecoderSession {
 
   /** Once per crop, from the encoder's three features. */
   async imageSide(features: Readonly<Record<'image_embed' | 'high_res_feats_0' | 'high_res_feats_1', ort.Tensor>>): Promise<Sam2SplitImageSide> {
-    const out = await this.image.run({ ...features });
-    return { src: out.src, feats1_rows: out.feats1_rows, feats0_rows: out.feats0_rows };
+    return this.image.run({ ...features });
   }
 
   /** IoUs of B prompts of N points (1024 frame, no padding point) and what the mask side needs. */
   async promptSide(image: Sam2SplitImageSide, pointCoords: Float32Array, pointLabels: Float32Array, batch: number, numPoints: number): Promise<Sam2SplitStage1> {
+    const imageInputs: Record<string, ort.Tensor> = {};
+    for (const n of this.prompt.inputNames) if (n !== 'point_coords' && n !== 'point_labels') imageInputs[n] = image[n];
     const out = await this.prompt.run({
-      src: image.src,
+      ...imageInputs,
       point_coords: new ort.Tensor('float32', pointCoords, [batch, numPoints, 2]),
       point_labels: new ort.Tensor('float32', pointLabels, [batch, numPoints]),
     });
