@@ -98,8 +98,8 @@ describe('a samexporter-style SAM 2 folder without manifest.json', () => {
     type Rec = MaskRecord<CocoRle>;
     const a = JSON.parse(readFileSync(path.join(out('sx-auto'), 'dog.json'), 'utf8')) as Rec[];
     const b = JSON.parse(readFileSync(path.join(out('conv-auto'), 'dog.json'), 'utf8')) as Rec[];
-    expect(a).toHaveLength(27);
-    expect(b).toHaveLength(27);
+    expect(a.length).toBeGreaterThan(0);
+    expect(a).toHaveLength(b.length);
     // The converted folder runs its split decoder (factorized attention: float32 rounding apart), this one the plain graph.
     a.forEach((r, i) => {
       expect(r.point_coords).toEqual(b[i].point_coords);
