@@ -60,9 +60,17 @@ describe('SAM 2.1 tiny converted by sam models convert', () => {
       encoder: 'encoder.onnx',
       decoder: 'decoder.onnx',
       singleMaskDecoder: 'decoder_single.onnx',
-      sam2SplitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' },
+      sam2SplitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx', promptSingle: 'decoder_prompt_single.onnx' },
     });
-    expect(Object.keys(m.files as object).sort()).toEqual(['decoder.onnx', 'decoder_image.onnx', 'decoder_masks.onnx', 'decoder_prompt.onnx', 'decoder_single.onnx', 'encoder.onnx']);
+    expect(Object.keys(m.files as object).sort()).toEqual([
+      'decoder.onnx',
+      'decoder_image.onnx',
+      'decoder_masks.onnx',
+      'decoder_prompt.onnx',
+      'decoder_prompt_single.onnx',
+      'decoder_single.onnx',
+      'encoder.onnx',
+    ]);
   });
 
   it('sam models verify checks its files and runs test prompts through both decoders', async () => {

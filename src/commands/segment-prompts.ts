@@ -62,14 +62,11 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
   const model = await openModel(opts.model, { threads });
   const multimask = opts.multimask ? true : opts.single ? false : undefined;
   const sam2 = model.family === 'sam2';
-  if (sam2 && opts.decoder === 'split') {
-    throw usageError(`--decoder split applies to SAM (v1) models only: ${opts.model} is a SAM 2 model, whose folder has no split decoder; drop --decoder (its decoders take batches), or give --decoder single for one call per prompt`);
-  }
   // Load the sessions now so a bad model fails once, not once per image.
   let decoder: PromptDecoder;
   if (sam2) {
-    const d = await sam2PromptDecoders(model, multimask);
-    if (multimask !== true && !d.single) {
+    const d = await sam2PromptDecoders(model, multimask, opts.decoder);
+    if (multimask !== true && !d.single && !d.split) {
       process.stderr.write(
         `sam: warning: ${model.dir} has no SAM 2 single-mask decoder; prompts other than a lone point get the best of its 3 masks by predicted IoU. Convert the checkpoint with 'sam models convert' for SAM 2's own single-mask output, or pass --multimask\n`,
       );

@@ -45,6 +45,8 @@ export const FILES = {
   decoder: 'decoder.onnx',
   batchedDecoder: 'decoder_batched.onnx',
   splitDecoder: { image: 'decoder_image.onnx', prompt: 'decoder_prompt.onnx', masks: 'decoder_masks.onnx' },
+  /** SAM 2: the split decoder's single-mask prompt side (mask token 0). */
+  sam2PromptSingle: 'decoder_prompt_single.onnx',
 } as const;
 
 /** manifest.json of a converted model (a superset of the engine's ModelManifest). */
@@ -59,7 +61,7 @@ export interface ConvertedManifest {
   /** SAM 2: the single-mask decoder (decoder is then the multimask one). */
   singleMaskDecoder?: string;
   /** SAM 2: the multimask decoder split for automatic mask generation (src/engine/sam2-split-decoder.ts). */
-  sam2SplitDecoder?: { image: string; prompt: string; masks: string };
+  sam2SplitDecoder?: { image: string; prompt: string; masks: string; promptSingle?: string };
   decoderBatched?: false;
   /** Decoder with a dynamic prompt batch and no in-graph upscaling, for automatic mask generation. */
   batchedDecoder?: string;
@@ -431,9 +433,12 @@ async function writeSam2Graphs(tmp: string, sd: StateDict, type: Sam2ModelType, 
   await one('single-mask decoder', FILES.singleMaskDecoder, () => buildSam2DecoderGraph(sd, { multimask: false }));
   // Automatic mask generation's multimask pass: image side once per crop, masks only for the
   // prompts whose IoU passes pred_iou_thresh (the plain graph's masks, test/convert-sam2-decoder).
+  // The image and mask sides serve both outputs; box-to-mask (sam segment --prompts) also runs the
+  // single-mask prompt side.
   let split: ReturnType<typeof buildSam2DecoderSplit> | undefined;
   const splitOf = (): ReturnType<typeof buildSam2DecoderSplit> => (split ??= buildSam2DecoderSplit(sd, { multimask: true }));
   for (const side of ['image', 'prompt', 'masks'] as const) await one(`split decoder (${side} side)`, FILES.splitDecoder[side], () => splitOf()[side]);
+  await one('split decoder (single-mask prompt side)', FILES.sam2PromptSingle, () => buildSam2DecoderSplit(sd, { multimask: false }).prompt);
 }
 
 function sam2Manifest(type: Sam2ModelType, ckptName: string, source: SourceChecksum, files: ConvertedManifest['files']): ConvertedManifest {
@@ -445,7 +450,7 @@ function sam2Manifest(type: Sam2ModelType, ckptName: string, source: SourceCheck
     encoder: FILES.encoder,
     decoder: FILES.decoder,
     singleMaskDecoder: FILES.singleMaskDecoder,
-    sam2SplitDecoder: { ...FILES.splitDecoder },
+    sam2SplitDecoder: { ...FILES.splitDecoder, promptSingle: FILES.sam2PromptSingle },
     description: `SAM 2 ${type} converted from ${ckptName} by sam models convert`,
     files,
     source: { checkpoint: ckptName, sha256: source.sha256, bytes: source.bytes },

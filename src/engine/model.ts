@@ -354,6 +354,11 @@ export class SamModel {
         }
         for (const k of ['image', 'prompt', 'masks'] as const) roles.push([`${key}.${k}`, join(abs, split[k])]);
       }
+      const single = manifest.sam2SplitDecoder?.promptSingle;
+      if (single !== undefined) {
+        if (typeof single !== 'string') throw modelError(`${manifestPath}: "sam2SplitDecoder.promptSingle" must name an .onnx file; fix it or remove it`);
+        roles.push(['sam2SplitDecoder.promptSingle', join(abs, single)]);
+      }
       for (const [role, file] of roles) {
         const st = await stat(file).catch(() => undefined);
         if (!st?.isFile()) throw modelError(`${manifestPath}: ${role} file ${basename(file)} is missing; restore it or fix "${role}" in the manifest`);
@@ -405,14 +410,20 @@ export class SamModel {
     this.sam2SplitDecoderP ??= (async () => {
       const files = this.manifest?.sam2SplitDecoder;
       if (this.family !== 'sam2' || !files) return undefined;
-      const abs = { image: join(this.dir, files.image), prompt: join(this.dir, files.prompt), masks: join(this.dir, files.masks) };
-      // As splitDecoder(): the prompt side (every prompt) keeps its arena, the others give theirs back.
-      const [image, prompt, masks] = await Promise.all([
+      const abs = {
+        image: join(this.dir, files.image),
+        prompt: join(this.dir, files.prompt),
+        masks: join(this.dir, files.masks),
+        ...(files.promptSingle ? { promptSingle: join(this.dir, files.promptSingle) } : {}),
+      };
+      // As splitDecoder(): the prompt sides (every prompt) keep their arena, the others give theirs back.
+      const [image, prompt, masks, promptSingle] = await Promise.all([
         createSession(abs.image, this.options, false),
         createSession(abs.prompt, this.options),
         createSession(abs.masks, this.options, false),
+        abs.promptSingle ? createSession(abs.promptSingle, this.options) : undefined,
       ]);
-      return Sam2SplitDecoderSession.create(abs, image, prompt, masks);
+      return Sam2SplitDecoderSession.create(abs, image, prompt, masks, promptSingle);
     })();
     return this.sam2SplitDecoderP;
   }

@@ -20,7 +20,8 @@ import { createSam2Upscaler, createUpscaler, type Upscaler } from '../core/upsca
 import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
 import { modelError } from '../util/errors.js';
 import { DECODER_CHUNK } from './amg-predictor.js';
-import { DecoderSession, type SamModel, type Sam2DecoderSession } from './model.js';
+import { DecoderSession, type PromptDecoderChoice, type SamModel, type Sam2DecoderSession } from './model.js';
+import type { Sam2SplitDecoderSession } from './sam2-split-decoder.js';
 import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 import { promptArrays, type ImageState } from './predictor.js';
 import { SAM2_DECODER_CHUNK } from './sam2-amg-predictor.js';
@@ -62,6 +63,11 @@ export interface Sam2PromptDecoders {
   readonly family: 'sam2';
   multimask?: Sam2DecoderSession;
   single?: Sam2DecoderSession;
+  /**
+   * The split decoder with both prompt sides: image side once per image, then per chunk the prompt
+   * side and the mask side for each prompt's chosen mask only. Preferred when given.
+   */
+  split?: Sam2SplitDecoderSession;
 }
 
 /** What decodePrompts runs: a SAM (v1) decoder, its split form, or SAM 2's graphs. */
@@ -74,7 +80,14 @@ const wantsMultimask = (p: BatchPrompt, multimask: boolean | undefined): boolean
  * The SAM 2 graphs prompts decoded with `multimask` (see PromptDecodeOptions) may need, loaded:
  * undefined loads both (lone points take the multimask graph, the rest the single-mask one).
  */
-export async function sam2PromptDecoders(model: SamModel, multimask?: boolean): Promise<Sam2PromptDecoders> {
+export async function sam2PromptDecoders(model: SamModel, multimask?: boolean, choice: PromptDecoderChoice = 'auto'): Promise<Sam2PromptDecoders> {
+  if (choice === 'auto' || choice === 'split') {
+    const split = await model.sam2SplitDecoder();
+    if (split?.hasSingleMask) return { family: 'sam2', split };
+    if (choice === 'split') {
+      throw modelError(`${model.dir}: no SAM 2 split decoder with a single-mask prompt side (manifest "sam2SplitDecoder.promptSingle"); convert the checkpoint again with 'sam models convert', or drop --decoder split`);
+    }
+  }
   const hasSingle = model.hasSam2SingleMaskDecoder;
   const needMulti = multimask !== false || !hasSingle;
   const [multi, single] = await Promise.all([needMulti ? model.sam2Decoder(true) : undefined, multimask !== true && hasSingle ? model.sam2Decoder(false) : undefined]);
@@ -217,11 +230,12 @@ async function decodeSam2Prompts(
   if (!state.highResFeats) throw modelError('internal: SAM 2 prompts need the high-res features of the image');
   const size = state.originalSize;
   const chunk = Math.max(1, options.chunk ?? SAM2_DECODER_CHUNK);
-  const image: Record<string, ort.Tensor> = {
+  const image: Record<'image_embed' | 'high_res_feats_0' | 'high_res_feats_1', ort.Tensor> = {
     image_embed: new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]),
     high_res_feats_0: new ort.Tensor('float32', state.highResFeats[0], [...SAM2_HIGH_RES_DIMS[0]]),
     high_res_feats_1: new ort.Tensor('float32', state.highResFeats[1], [...SAM2_HIGH_RES_DIMS[1]]),
   };
+  if (decoders.split) return decodeSam2PromptsSplit(decoders.split, image, size, prompts, onMask, options, chunk);
   const graphOf = (p: BatchPrompt): Sam2DecoderSession => {
     const g = wantsMultimask(p, options.multimask) ? decoders.multimask : (decoders.single ?? decoders.multimask);
     if (!g) throw modelError('internal: the SAM 2 decoder these prompts need was not loaded (sam2PromptDecoders with another multimask option)');
@@ -240,13 +254,7 @@ async function decodeSam2Prompts(
       for (let start = 0; start < indices.length; start += chunk) {
         const rows = indices.slice(start, start + chunk);
         // point_coords [rows, n, 2] in the 1024 frame, point_labels [rows, n].
-        const coords = new Float32Array(rows.length * n * 2);
-        const labels = new Float32Array(rows.length * n);
-        rows.forEach((idx, r) => {
-          const a = sam2PromptArrays(prompts[idx], size);
-          coords.set(a.coords, r * n * 2);
-          labels.set(a.labels, r * n);
-        });
+        const { coords, labels } = sam2Rows(prompts, rows, n, size);
         // lowResMasks [rows, m, 256, 256], iouPredictions [rows, m].
         const res = await graph.run(image, coords, labels, rows.length, n);
         const m = res.numMasks;
@@ -259,3 +267,55 @@ async function decodeSam2Prompts(
     }
   }
 }
+
+/** Rows [rows, n, 2] / [rows, n] of SAM 2 prompt arrays for prompts `rows` of `prompts`. */
+function sam2Rows(prompts: readonly BatchPrompt[], rows: readonly number[], n: number, size: Size): { coords: Float32Array; labels: Float32Array } {
+  const coords = new Float32Array(rows.length * n * 2);
+  const labels = new Float32Array(rows.length * n);
+  rows.forEach((idx, r) => {
+    const a = sam2PromptArrays(prompts[idx], size);
+    coords.set(a.coords, r * n * 2);
+    labels.set(a.labels, r * n);
+  });
+  return { coords, labels };
+}
+
+/**
+ * decodeSam2Prompts through the split decoder: the image side once, then per chunk of prompts of
+ * one output kind and point count the prompt side (IoUs), the best mask's index per prompt, and the
+ * mask side for those masks alone (1 of 3 upscaled for a multimask prompt).
+ */
+async function decodeSam2PromptsSplit(
+  split: Sam2SplitDecoderSession,
+  features: Readonly<Record<'image_embed' | 'high_res_feats_0' | 'high_res_feats_1', ort.Tensor>>,
+  size: Size,
+  prompts: readonly BatchPrompt[],
+  onMask: OnPromptMask,
+  options: PromptDecodeOptions,
+  chunk: number,
+): Promise<void> {
+  const image = await split.imageSide(features);
+  const plane = new MaskPlane(createSam2Upscaler(size), size);
+  const groups = groupBy(prompts, (p) => wantsMultimask(p, options.multimask));
+  for (const [multimask, members] of groups) {
+    const byPoints = groupBy(
+      members.map((i) => prompts[i]),
+      (p) => (p.points?.length ?? 0) + (p.box ? 2 : 0),
+    );
+    for (const [n, local] of byPoints) {
+      const indices = local.map((j) => members[j]);
+      for (let start = 0; start < indices.length; start += chunk) {
+        const rows = indices.slice(start, start + chunk);
+        const { coords, labels } = sam2Rows(prompts, rows, n, size);
+        const stage1 = await split.promptSide(image, coords, labels, rows.length, n, multimask);
+        const m = stage1.numMasks;
+        const cols = Int32Array.from(rows, (_, r) => bestOf(stage1.iouPredictions, r, m, 0));
+        const low = await split.chosenMasks(image, stage1, Int32Array.from(rows.keys()), cols);
+        for (let r = 0; r < rows.length; r++) {
+          await onMask(rows[r], plane.describe(low.subarray(r * LOW_RES_LENGTH, (r + 1) * LOW_RES_LENGTH), stage1.iouPredictions[r * m + cols[r]]));
+        }
+      }
+    }
+  }
+}
+
