@@ -3,7 +3,8 @@
  * never asserted (a benchmark is not a test). `npm run bench -- --encoder [--skip-vit-h]`: the
  * image encoders instead (encoder-bench.ts); `-- --queue`: the queue against one process
  * (queue-bench.ts); `-- --prompts`: box-to-mask, batched vs one decoder call per box
- * (prompts-bench.ts). In one run, on the same images:
+ * (prompts-bench.ts); `-- --sam2 [--quick]`: SAM 2.1 tiny beside MobileSAM (sam2-bench.ts). In
+ * one run, on the same images:
  *
  * 1. the machine: cores and onnxruntime's MatMul GFLOP/s (a 2048³ product, and the shapes the
  *    decoders multiply), the compute limit the decoder is measured against;
@@ -36,6 +37,7 @@ import { runAuto, type CliRun } from './cli-runs.js';
 import { queueBench } from './queue-bench.js';
 import { promptsBench } from './prompts-bench.js';
 import { encoderBench } from './encoder-bench.js';
+import { sam2Bench } from './sam2-bench.js';
 import { matmulGflops, profileCall, type CallProfile } from './ort-profile.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -161,7 +163,8 @@ function printRuns(title: string, runs: CliRun[], gridPrompts: number, base?: Cl
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' }, queue: { type: 'boolean' }, prompts: { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { model: { type: 'string' }, quick: { type: 'boolean' }, encoder: { type: 'boolean' }, 'skip-vit-h': { type: 'boolean' }, queue: { type: 'boolean' }, prompts: { type: 'boolean' }, sam2: { type: 'boolean' } } });
+  if (values.sam2) return sam2Bench({ repo: REPO, shared: SHARED, cache: CACHE, sam: SAM, quick: values.quick ?? false, mobileSam: () => vitT(values.model), photo2250, mobileDecoderCalls: decoderCalls });
   if (values.encoder) {
     out(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? 'unknown CPU'}`);
     await encoderBench({ repo: REPO, shared: SHARED, cache: path.join(CACHE, 'encoders'), sam: SAM }, { skipVitH: values['skip-vit-h'] ?? false });
