@@ -138,7 +138,7 @@ describe('sam queue + sam worker on SAM 2.1 tiny', () => {
     expect((await add('split', out('split'), ...AMG)).code).toBe(0);
     const w = await work('split', '--decoder', 'split');
     expect(w.code).toBe(2);
-    expect(w.stderr).toMatch(/--decoder split applies to SAM \(v1\) models only: a SAM 2 folder/);
+    expect(w.stderr).toMatch(/--decoder split applies to SAM \(v1\) models only: SAM 2's generator always takes the folder's split decoder/);
     expect(w.stderr.trim().split('\n')).toHaveLength(1);
     // Nothing taken: both images still wait for a worker started right.
     const st = await runSam(['queue', 'status', '--redis', redis.url, '--queue', 'split', '--json']);

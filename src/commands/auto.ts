@@ -97,7 +97,7 @@ async function runAuto(inputs: string[], opts: AutoOptions, cmd: Command): Promi
   const sam2 = model.family === 'sam2';
   const amg = await amgOptionsFrom(opts, cmd, model.family, `${opts.model} is a SAM (v1) model`);
   if (sam2 && opts.decoder !== 'auto') {
-    throw usageError(`--decoder ${opts.decoder} applies to SAM (v1) models only: a SAM 2 folder has one multimask decoder (and a single-mask one), not the split or batched variants; drop --decoder`);
+    throw usageError(`--decoder ${opts.decoder} applies to SAM (v1) models only: SAM 2's generator always takes the folder's split decoder when it has one, else its multimask graph; drop --decoder`);
   }
   // Load the sessions now so a bad model fails once, not once per image.
   const loadEncoder = !opts.embeddings || opts.cropNLayers > 0;

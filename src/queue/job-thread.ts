@@ -9,6 +9,7 @@ import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { AmgWorker } from '../engine/amg-worker-client.js';
 import { SamModel } from '../engine/model.js';
+import { sam2AmgDecoder } from '../engine/sam2-amg-predictor.js';
 import { outputPathFor } from '../output/records.js';
 import { autoImage, autoSetup, type AutoSetup } from '../pipeline/auto.js';
 import { removeStaleTemps } from '../util/atomic.js';
@@ -30,9 +31,9 @@ async function start(): Promise<{ setup: AutoSetup; engine?: AmgWorker }> {
   if (model.family === 'sam2') {
     // As sam auto: SAM 2 runs in this thread (pipeline/auto.ts; the engine thread drives SAM v1 decoders only).
     if (init.decoder !== 'auto') {
-      throw usageError(`--decoder ${init.decoder} applies to SAM (v1) models only: a SAM 2 folder has one multimask decoder (and a single-mask one), not the split or batched variants; drop --decoder`);
+      throw usageError(`--decoder ${init.decoder} applies to SAM (v1) models only: SAM 2's generator always takes the folder's split decoder when it has one, else its multimask graph; drop --decoder`);
     }
-    await model.sam2Decoder(amg.multimaskOutput !== false);
+    await sam2AmgDecoder(model, amg.multimaskOutput !== false);
     if (amg.useM2m) await model.sam2Decoder(false);
     if (loadEncoder) await model.encoder();
   } else if (init.pipeline) {
