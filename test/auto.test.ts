@@ -12,6 +12,7 @@ import { decodeRle, rleToBbox, rleToString } from '../src/core/rle.js';
 import type { CocoRle, MaskRecord, UncompressedRle } from '../src/core/types.js';
 import { METADATA_HEADER } from '../src/output/records.js';
 import { fixtureImage, fixtureModel, maskIou, runSam, SAM_BIN, tempDir, type CliResult } from './helpers/cli.js';
+import { samBbox, tightBbox } from './helpers/boxes.js';
 import { copyScenes, writeSmallThingsScene, type PaintedShape } from './helpers/scenes.js';
 
 const MODEL = fixtureModel('oracle');
@@ -52,27 +53,6 @@ function expectShapesFoundOnce(masks: readonly Uint8Array[], shapes: readonly { 
 
 /** Byte equality (vitest's deep equality is slow on large typed arrays). */
 const sameMask = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
-
-/** SAM's bbox of a row-major mask: XYWH of the inclusive-max box (w = x1 - x0). */
-function samBbox(mask: Uint8Array, w: number): number[] {
-  let [x0, y0, x1, y1] = [Infinity, Infinity, -1, -1];
-  mask.forEach((v, i) => {
-    if (!v) return;
-    const x = i % w;
-    const y = (i - x) / w;
-    x0 = Math.min(x0, x);
-    y0 = Math.min(y0, y);
-    x1 = Math.max(x1, x);
-    y1 = Math.max(y1, y);
-  });
-  return x1 < 0 ? [0, 0, 0, 0] : [x0, y0, x1 - x0, y1 - y0];
-}
-
-/** COCO's tight box of a row-major mask: [x, y, w, h] with w, h the pixel extent. */
-function tightBbox(mask: Uint8Array, w: number): number[] {
-  const [x, y, bw, bh] = samBbox(mask, w);
-  return mask.includes(1) ? [x, y, bw + 1, bh + 1] : [0, 0, 0, 0];
-}
 
 /** Every entry under `dir`, as '/'-separated relative paths. */
 function listTree(dir: string): string[] {

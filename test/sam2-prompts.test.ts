@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle } from '../src/core/types.js';
 import { maskIou, runSam, tempDir } from './helpers/cli.js';
+import { tightBbox } from './helpers/boxes.js';
 import { sharedDir } from './helpers/golden.js';
 
 interface Annotation {
@@ -83,18 +84,7 @@ async function reference(p: Prompt, flag: Flag): Promise<{ segmentation: CocoRle
 /** The tight box [x, y, w, h] and area of an RLE mask, from its pixels. */
 function tightBoxAndArea(rle: CocoRle): { bbox: number[]; area: number } {
   const m = decodeRle(rle);
-  let [x0, y0, x1, y1, area] = [Infinity, Infinity, -1, -1, 0];
-  m.data.forEach((v, i) => {
-    if (!v) return;
-    area++;
-    const x = i % m.w;
-    const y = (i - x) / m.w;
-    x0 = Math.min(x0, x);
-    y0 = Math.min(y0, y);
-    x1 = Math.max(x1, x);
-    y1 = Math.max(y1, y);
-  });
-  return { bbox: x1 < 0 ? [0, 0, 0, 0] : [x0, y0, x1 - x0 + 1, y1 - y0 + 1], area };
+  return { bbox: tightBbox(m.data, m.w), area: m.data.reduce((n, v) => n + v, 0) };
 }
 
 /**

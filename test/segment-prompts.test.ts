@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle } from '../src/core/types.js';
 import { fixtureModel, maskIou, runSam, tempDir } from './helpers/cli.js';
+import { tightBbox } from './helpers/boxes.js';
 import { convertGoldenPath, sharedDir } from './helpers/golden.js';
 import { copyScenes, loadScene, type LoadedScene } from './helpers/scenes.js';
 
@@ -44,26 +45,11 @@ const readJson = <T>(p: string): T => JSON.parse(readFileSync(p, 'utf8')) as T;
 const scenes = new Map<string, LoadedScene>();
 const totalShapes = (): number => [...scenes.values()].reduce((s, sc) => s + sc.shapes.length, 0);
 
-/** The tight box [x, y, w, h] (pixel extent) of a row-major mask, from its pixels. */
-function tightBox(mask: Uint8Array, w: number): number[] {
-  let [x0, y0, x1, y1] = [Infinity, Infinity, -1, -1];
-  mask.forEach((v, i) => {
-    if (!v) return;
-    const x = i % w;
-    const y = (i - x) / w;
-    x0 = Math.min(x0, x);
-    y0 = Math.min(y0, y);
-    x1 = Math.max(x1, x);
-    y1 = Math.max(y1, y);
-  });
-  return x1 < 0 ? [0, 0, 0, 0] : [x0, y0, x1 - x0 + 1, y1 - y0 + 1];
-}
-
 /** Every annotation's mask is a real COCO mask of its image whose bbox/area are the mask's own. */
 function checkAnnotation(a: Annotation, width: number, height: number): Uint8Array {
   expect(a.segmentation.size).toEqual([height, width]);
   const m = decodeRle(a.segmentation);
-  expect(a.bbox).toEqual(tightBox(m.data, width));
+  expect(a.bbox).toEqual(tightBbox(m.data, width));
   expect(a.area).toBe(m.data.reduce((s, v) => s + v, 0));
   expect(Number.isInteger(a.iscrowd)).toBe(true);
   return m.data;
