@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRle } from '../src/core/rle.js';
 import type { CocoRle } from '../src/core/types.js';
 import { SamModel } from '../src/engine/model.js';
-import { Sam2Predictor, sam2PromptArrays } from '../src/engine/sam2-predictor.js';
+import { Sam2Predictor, fillSam2Mask, sam2PromptArrays } from '../src/engine/sam2-predictor.js';
+import { createSam2Upscaler } from '../src/core/upscale.js';
 import type { Prompt } from '../src/engine/predictor.js';
 import { readEmbeddingFile } from '../src/io/embedding-file.js';
 import { decodeNpyFloat32 } from '../src/io/npy.js';
@@ -156,6 +157,36 @@ describe('SAM 2.1 tiny converted by sam models convert', () => {
     const e = await runSam(['segment', dog, '--model', modelDir, '--embedding', path.join(out('emb'), 'dog.safetensors'), '--points', '320,300', '--out', viaEmb]);
     expect(e.code, e.stderr).toBe(0);
     expect(readFileSync(viaEmb, 'utf8').replace(/"image":"[^"]*",/, '')).toBe(readFileSync(point, 'utf8').replace(/"image":"[^"]*",/, ''));
+  });
+
+  it('sam segment --max-hole-area / --max-sprinkle-area: SAM2ImagePredictor\'s filling of the low-res logits, before upscaling; refused on SAM (v1)', async () => {
+    const plain = out('fill-plain.json');
+    const low = out('fill-low.npy');
+    const filled = out('fill.json');
+    expect((await runSam(['segment', dog, '--model', modelDir, '--box', '10,215,430,530', '--out', plain, '--low-res-out', low])).code).toBe(0);
+    const r = await runSam(['segment', dog, '--model', modelDir, '--box', '10,215,430,530', '--out', filled, '--max-hole-area', '30', '--max-sprinkle-area', '30']);
+    expect(r.code, r.stderr).toBe(0);
+    type Doc = { masks: { segmentation: CocoRle; predicted_iou: number; area: number }[] };
+    const [a, b] = [JSON.parse(readFileSync(plain, 'utf8')) as Doc, JSON.parse(readFileSync(filled, 'utf8')) as Doc];
+    expect(b.masks).toHaveLength(1);
+    expect(b.masks[0].predicted_iou).toBe(a.masks[0].predicted_iou);
+    // The unfilled logits (--low-res-out), filled and upscaled straight to 534x800, thresholded at 0.
+    const logits = new Float32Array(534 * 800);
+    createSam2Upscaler([534, 800])(fillSam2Mask(decodeNpyFloat32(new Uint8Array(readFileSync(low)))!.data, { maxHoleArea: 30, maxSprinkleArea: 30 }), logits);
+    const want = Uint8Array.from(logits, (v) => (v > 0 ? 1 : 0));
+    expect(Buffer.from(decodeRle(b.masks[0].segmentation).data).equals(Buffer.from(want))).toBe(true);
+    // Noise masks: filling changes them (fewer runs).
+    expect(b.masks[0].segmentation.counts.length).toBeLessThan(a.masks[0].segmentation.counts.length);
+    // The same filling through --prompts (plain graphs: bit for bit).
+    const jl = out('fill.jsonl');
+    writeFileSync(jl, '{"image": "dog.jpg", "box": [10, 215, 430, 530]}\n');
+    const p = await runSam(['segment', imagesDir, '--prompts', jl, '--model', modelDir, '--out', out('fill-prompts'), '--decoder', 'batched', '--max-hole-area', '30', '--max-sprinkle-area', '30', '-q']);
+    expect(p.code, p.stderr).toBe(0);
+    const ann = (JSON.parse(readFileSync(path.join(out('fill-prompts'), 'dog.json'), 'utf8')) as { segmentation: CocoRle }[])[0];
+    expect(ann.segmentation).toEqual(b.masks[0].segmentation);
+    const v1 = await runSam(['segment', dog, '--model', fixtureModel(), '--points', '320,300', '--out', out('fill-v1.json'), '--max-hole-area', '5']);
+    expect(v1.code).toBe(2);
+    expect(v1.stderr.trim()).toMatch(/^sam: error: --max-hole-area applies to SAM 2 models only \(an option of SAM2ImagePredictor\); .* is a SAM \(v1\) model: drop --max-hole-area/);
   });
 
   it('embeddings never cross families: a SAM 2 embedding on a SAM model, a SAM embedding on SAM 2 (exit 4)', async () => {

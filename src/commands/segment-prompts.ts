@@ -5,7 +5,8 @@ import { STAGES, StageTimes } from '../core/timings.js';
 import { SamError, errorMessage, usageError } from '../util/errors.js';
 import { collectInputs } from '../io/inputs.js';
 import { matchPromptImages, readPrompts, type PromptedImage } from '../io/prompts.js';
-import type { PromptDecoderChoice } from '../engine/model.js';
+import type { PromptDecoderChoice, SamModel } from '../engine/model.js';
+import type { Sam2MaskFill } from '../engine/sam2-predictor.js';
 import { openModel } from '../hub/resolve.js';
 import { sam2PromptDecoders, type PromptDecoder } from '../engine/prompt-decoder.js';
 import { PROMPTED_COCO_DESCRIPTION, cleanStalePromptedOutputs, segmentPromptedImage, writePromptedCoco } from '../pipeline/prompted.js';
@@ -24,6 +25,8 @@ export interface PromptsRunOptions {
   names?: string;
   embeddings?: string;
   decoder: PromptDecoderChoice;
+  maxHoleArea: number;
+  maxSprinkleArea: number;
   single?: boolean;
   multimask?: boolean;
   jobs: number;
@@ -31,6 +34,19 @@ export interface PromptsRunOptions {
   shard?: Shard;
   force?: boolean;
   quiet?: boolean;
+}
+
+/**
+ * --max-hole-area / --max-sprinkle-area: SAM2ImagePredictor's options, for SAM 2 models only
+ * (SAM's predictor has none; its automatic generator's cleanup is `sam auto --min-mask-region-area`).
+ */
+export function sam2MaskFill(opts: { maxHoleArea: number; maxSprinkleArea: number; model: string }, model: SamModel): Sam2MaskFill | undefined {
+  if (opts.maxHoleArea <= 0 && opts.maxSprinkleArea <= 0) return undefined;
+  if (model.family !== 'sam2') {
+    const flag = opts.maxHoleArea > 0 ? '--max-hole-area' : '--max-sprinkle-area';
+    throw usageError(`${flag} applies to SAM 2 models only (an option of SAM2ImagePredictor); ${opts.model} is a SAM (v1) model: drop ${flag} (for automatic masks, 'sam auto --min-mask-region-area' cleans up small regions)`);
+  }
+  return { maxHoleArea: opts.maxHoleArea, maxSprinkleArea: opts.maxSprinkleArea };
 }
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
@@ -60,6 +76,7 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
 
   const threads = opts.threads ?? Math.max(1, Math.floor(availableParallelism() / opts.jobs));
   const model = await openModel(opts.model, { threads });
+  const fill = sam2MaskFill(opts, model);
   const multimask = opts.multimask ? true : opts.single ? false : undefined;
   const sam2 = model.family === 'sam2';
   // Load the sessions now so a bad model fails once, not once per image.
@@ -88,6 +105,7 @@ export async function runPromptedSegment(inputs: string[], opts: PromptsRunOptio
     embeddingsDir: opts.embeddings,
     multimask,
     chunk: opts.decoder === 'single' ? 1 : undefined,
+    fill,
     force: opts.force ?? false,
   };
   const byInput = new Map(work.map((m) => [m.input, m] as const));

@@ -16,7 +16,7 @@ import { predictSam2 } from '../engine/sam2-predictor.js';
 import { parseFloatOption, parseIntOption } from './common.js';
 import type { PromptDecoderChoice } from '../engine/model.js';
 import { parseShard, type Shard } from './auto.js';
-import { runPromptedSegment } from './segment-prompts.js';
+import { runPromptedSegment, sam2MaskFill } from './segment-prompts.js';
 
 interface SegmentOptions {
   model: string;
@@ -30,6 +30,8 @@ interface SegmentOptions {
   overlay?: string;
   lowResOut?: string;
   threads?: number;
+  maxHoleArea: number;
+  maxSprinkleArea: number;
 }
 
 const POINTS_HELP = '--points takes "x,y[,label] ..." with label 1 (foreground, default) or 0 (background), e.g. --points "120,80 200,150,0"';
@@ -95,6 +97,8 @@ export function registerSegment(program: Command, setExit: (code: number) => voi
     .option('-o, --out <path>', 'output: .json (COCO RLE masks with scores) or .png (the best mask, 0/255); with --prompts a folder: <out>/<key>.json per image')
     .option('--overlay <file.png>', 'also write the masks and prompts drawn over the image')
     .option('--low-res-out <file.npy>', "also write the best mask's 256x256 low-res logits, for --mask-input next time")
+    .option('--max-hole-area <n>', 'SAM 2: fill holes of at most n low-res (256x256) pixels in each mask before upscaling (SAM2ImagePredictor max_hole_area; 0: off)', parseIntOption('--max-hole-area', 0), 0)
+    .option('--max-sprinkle-area <n>', 'SAM 2: remove specks of at most n low-res pixels (max_sprinkle_area; 0: off)', parseIntOption('--max-sprinkle-area', 0), 0)
     .option('--prompts <file>', 'a COCO JSON (its bboxes), a COCO detection-results JSON (with --coco-images), a YOLO labels folder, or a .jsonl of per-image prompts: one mask per box/prompt')
     .option('--coco <file>', 'with --prompts: write one COCO dataset (ids, categories and extra fields of the prompt file kept; bbox the tight box of each mask)')
     .option('--coco-images <file>', 'with a detection-results --prompts: the COCO file with their images and categories')
@@ -175,6 +179,7 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
     throw usageError(`--embedding ${opts.embedding} is a folder; give one .safetensors file from 'sam embed' (a folder of them is 'sam auto --embeddings DIR')`);
   }
   const model = await openModel(opts.model, { threads: opts.threads });
+  const fill = sam2MaskFill(opts, model);
   const sam2 = model.family === 'sam2';
   const [image, decoder] = await Promise.all([loadImage(imagePath), sam2 ? undefined : model.decoder()]);
   const size: [number, number] = [image.height, image.width];
@@ -188,7 +193,7 @@ async function segmentOne(imagePath: string, opts: SegmentOptions & { out: strin
   let prediction: Prediction;
   if (decoder) prediction = await new SamPredictor(decoder, state).predict(prompt, multimask);
   else {
-    const r = await predictSam2(model, state, prompt, multimask);
+    const r = await predictSam2(model, state, prompt, multimask, fill);
     if (r.bestOfMultimask) {
       process.stderr.write(
         `sam: warning: ${model.dir} has no SAM 2 single-mask decoder (samexporter exports only the multimask one); using the best of its 3 masks by predicted IoU. Convert the checkpoint with 'sam models convert' for SAM 2's own single-mask output, or pass --multimask\n`,

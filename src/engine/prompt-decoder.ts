@@ -25,7 +25,10 @@ import type { Sam2SplitDecoderSession } from './sam2-split-decoder.js';
 import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 import { promptArrays, type ImageState } from './predictor.js';
 import { SAM2_DECODER_CHUNK } from './sam2-amg-predictor.js';
-import { sam2PromptArrays } from './sam2-predictor.js';
+import { fillSam2Mask, sam2PromptArrays, type Sam2MaskFill } from './sam2-predictor.js';
+
+/** A chosen mask's low-res logits, hole / sprinkle filled when asked (SAM 2). */
+const filled = (low: Float32Array, fill: Sam2MaskFill | undefined): Float32Array => (fill ? fillSam2Mask(low, fill) : low);
 
 export interface BatchPrompt {
   points?: PromptPoint[];
@@ -41,6 +44,8 @@ export interface PromptDecodeOptions {
   multimask?: boolean;
   /** Rows per batched call (default DECODER_CHUNK, SAM 2: SAM2_DECODER_CHUNK); 1 forces one call per prompt. */
   chunk?: number;
+  /** SAM 2 only: SAM2ImagePredictor's hole / sprinkle filling of each chosen mask's low-res logits. */
+  fill?: Sam2MaskFill;
 }
 
 export interface PromptMask {
@@ -261,7 +266,7 @@ async function decodeSam2Prompts(
         for (let r = 0; r < rows.length; r++) {
           const best = bestOf(res.iouPredictions, r, m, 0);
           const at = (r * m + best) * LOW_RES_LENGTH;
-          await onMask(rows[r], plane.describe(res.lowResMasks.subarray(at, at + LOW_RES_LENGTH), res.iouPredictions[r * m + best]));
+          await onMask(rows[r], plane.describe(filled(res.lowResMasks.subarray(at, at + LOW_RES_LENGTH), options.fill), res.iouPredictions[r * m + best]));
         }
       }
     }
@@ -312,7 +317,7 @@ async function decodeSam2PromptsSplit(
         const cols = Int32Array.from(rows, (_, r) => bestOf(stage1.iouPredictions, r, m, 0));
         const low = await split.chosenMasks(image, stage1, Int32Array.from(rows.keys()), cols);
         for (let r = 0; r < rows.length; r++) {
-          await onMask(rows[r], plane.describe(low.subarray(r * LOW_RES_LENGTH, (r + 1) * LOW_RES_LENGTH), stage1.iouPredictions[r * m + cols[r]]));
+          await onMask(rows[r], plane.describe(filled(low.subarray(r * LOW_RES_LENGTH, (r + 1) * LOW_RES_LENGTH), options.fill), stage1.iouPredictions[r * m + cols[r]]));
         }
       }
     }

@@ -5,7 +5,8 @@
  * encoder always does); low-res masks are upscaled straight to the image size and thresholded at 0.
  */
 import * as ort from 'onnxruntime-node';
-import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH } from '../core/constants.js';
+import { EMBEDDING_DIMS, IMAGE_SIZE, LOW_RES_LENGTH, LOW_RES_SIDE } from '../core/constants.js';
+import { fillHolesAndSprinkles } from '../core/masks.js';
 import type { Size } from '../core/types.js';
 import { createSam2Upscaler } from '../core/upscale.js';
 import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
@@ -36,6 +37,17 @@ export function sam2PromptArrays(prompt: Pick<Prompt, 'points' | 'box'>, [h, w]:
   return { coords, labels };
 }
 
+/** SAM2ImagePredictor's max_hole_area / max_sprinkle_area (pixels of the 256x256 logits; 0: off). */
+export interface Sam2MaskFill {
+  maxHoleArea: number;
+  maxSprinkleArea: number;
+}
+
+/** postprocess_masks' hole filling and sprinkle removal on one mask's low-res logits (mask threshold 0). */
+export function fillSam2Mask(low: Float32Array, fill: Sam2MaskFill): Float32Array {
+  return fillHolesAndSprinkles(low, LOW_RES_SIDE, LOW_RES_SIDE, fill.maxHoleArea, fill.maxSprinkleArea, 0);
+}
+
 export class Sam2Predictor {
   private readonly feeds: Record<string, ort.Tensor>;
   constructor(
@@ -50,8 +62,12 @@ export class Sam2Predictor {
     };
   }
 
-  /** The masks of the decoder this predictor was given: 3 from the multimask graph, 1 from the single-mask graph. */
-  async predict(prompt: Prompt): Promise<Prediction> {
+  /**
+   * The masks of the decoder this predictor was given: 3 from the multimask graph, 1 from the
+   * single-mask graph. `fill`: SAM2ImagePredictor's max_hole_area / max_sprinkle_area, applied to
+   * the low-res logits before upscaling (the returned lowResMasks stay unfilled, as there).
+   */
+  async predict(prompt: Prompt, fill?: Sam2MaskFill): Promise<Prediction> {
     const size = this.state.originalSize;
     const bad = promptProblem(prompt, size);
     if (bad) throw inputError(bad);
@@ -61,7 +77,10 @@ export class Sam2Predictor {
     const count = res.numMasks;
     const upscale = createSam2Upscaler(size);
     const masks = new Float32Array(count * h * w);
-    for (let i = 0; i < count; i++) upscale(res.lowResMasks.subarray(i * LOW_RES_LENGTH, (i + 1) * LOW_RES_LENGTH), masks.subarray(i * h * w, (i + 1) * h * w));
+    for (let i = 0; i < count; i++) {
+      const low = res.lowResMasks.subarray(i * LOW_RES_LENGTH, (i + 1) * LOW_RES_LENGTH);
+      upscale(fill ? fillSam2Mask(low, fill) : low, masks.subarray(i * h * w, (i + 1) * h * w));
+    }
     return { masks, iouPredictions: res.iouPredictions, lowResMasks: res.lowResMasks, count, size: [h, w] };
   }
 }
@@ -89,7 +108,13 @@ export function bestMaskOf(p: Prediction): Prediction {
  * single-mask graph (samexporter's) answers a single-mask request with bestMaskOf the multimask
  * graph's masks (`bestOfMultimask`: the caller says so).
  */
-export async function predictSam2(model: SamModel, state: ImageState, prompt: Prompt, multimask: boolean): Promise<{ prediction: Prediction; bestOfMultimask: boolean }> {
-  if (multimask || model.hasSam2SingleMaskDecoder) return { prediction: await new Sam2Predictor(await model.sam2Decoder(multimask), state).predict(prompt), bestOfMultimask: false };
-  return { prediction: bestMaskOf(await new Sam2Predictor(await model.sam2Decoder(true), state).predict(prompt)), bestOfMultimask: true };
+export async function predictSam2(
+  model: SamModel,
+  state: ImageState,
+  prompt: Prompt,
+  multimask: boolean,
+  fill?: Sam2MaskFill,
+): Promise<{ prediction: Prediction; bestOfMultimask: boolean }> {
+  if (multimask || model.hasSam2SingleMaskDecoder) return { prediction: await new Sam2Predictor(await model.sam2Decoder(multimask), state).predict(prompt, fill), bestOfMultimask: false };
+  return { prediction: bestMaskOf(await new Sam2Predictor(await model.sam2Decoder(true), state).predict(prompt, fill)), bestOfMultimask: true };
 }

@@ -18,6 +18,7 @@ import type { PromptedImage, PromptSpec } from '../io/prompts.js';
 import { writeCocoDataset, type CocoAnnotation, type CocoImageEntry } from '../output/coco.js';
 import type { SamModel } from '../engine/model.js';
 import { decodePrompts, type BatchPrompt, type PromptDecoder } from '../engine/prompt-decoder.js';
+import type { Sam2MaskFill } from '../engine/sam2-predictor.js';
 import { embedImage, imageStateFromEmbedding, promptProblem, type ImageState } from '../engine/predictor.js';
 import { exists } from '../util/fs.js';
 import { headerSize } from './auto.js';
@@ -34,6 +35,8 @@ export interface PromptedSetup {
   multimask?: boolean;
   /** Rows per decoder call (1: one call per prompt). */
   chunk?: number;
+  /** SAM 2: hole / sprinkle filling of each mask's low-res logits (SAM2ImagePredictor's max_hole_area / max_sprinkle_area). */
+  fill?: Sam2MaskFill;
   force: boolean;
 }
 
@@ -146,7 +149,7 @@ export async function segmentPromptedImage(setup: PromptedSetup, { input, image:
                 };
                 await fh.write(`${masks++ === 0 ? '\n' : ',\n'}${JSON.stringify(a)}`);
               },
-              { multimask: setup.multimask, chunk: setup.chunk },
+              { multimask: setup.multimask, chunk: setup.chunk, fill: setup.fill },
             ),
           );
         }
