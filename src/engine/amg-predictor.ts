@@ -4,8 +4,8 @@ import { StageTimes } from '../core/timings.js';
 import { applyCoords } from '../core/transforms.js';
 import type { AmgPredictor, MaskFilter, PointPrediction } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
-import { cropImage, preprocess, type RgbImage } from '../io/image.js';
-import { LABEL, type ImageState } from './predictor.js';
+import { cropImage, type RgbImage } from '../io/image.js';
+import { LABEL, encodeImage, type ImageState } from './predictor.js';
 import { DecoderSession, type EncoderSession } from './model.js';
 import type { SplitDecoderSession, SplitImageSide } from './split-decoder.js';
 
@@ -125,11 +125,7 @@ export class OnnxAmgPredictor implements AmgPredictor {
       state = this.fullImage;
     } else {
       if (!this.encoder) throw new Error('internal: no encoder for crop embedding');
-      const encoder = this.encoder;
-      const crop = cropImage(this.image, cropBox);
-      const { tensor, inputSize } = await this.timings.time('preprocess', () => preprocess(crop));
-      const embeddings = await this.timings.time('encoder', () => encoder.run(tensor));
-      state = { embeddings, originalSize: [crop.height, crop.width], inputSize };
+      state = await encodeImage(this.encoder, cropImage(this.image, cropBox), this.timings);
     }
     this.embeddings = new ort.Tensor('float32', state.embeddings, [...EMBEDDING_DIMS]);
     this.imageSide = undefined;

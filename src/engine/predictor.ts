@@ -1,12 +1,13 @@
 import { EMBEDDING_DIMS, IMAGE_SIZE, INT8_MODEL_ID_SUFFIX, LOW_RES_LENGTH } from '../core/constants.js';
 import { createUpscaler } from '../core/upscale.js';
+import { StageTimes } from '../core/timings.js';
 import * as ort from 'onnxruntime-node';
 import { applyCoords } from '../core/transforms.js';
 import type { BoxXyxy, PromptPoint, Size } from '../core/types.js';
 import { inputError } from '../util/errors.js';
 import type { EmbeddingRecord } from '../io/embedding-file.js';
 import { preprocess, preprocessSam2, type RgbImage } from '../io/image.js';
-import type { DecoderSession, SamModel } from './model.js';
+import type { DecoderSession, EncoderSession, SamModel } from './model.js';
 
 /** Point label values of the official decoder. */
 export const LABEL = { background: 0, foreground: 1, boxTopLeft: 2, boxBottomRight: 3, padding: -1 } as const;
@@ -46,14 +47,19 @@ export interface ImageState {
 
 /** Run the encoder on an image (or a crop of one): preprocess → image_embeddings (SAM 2: its three features). */
 export async function embedImage(model: SamModel, image: RgbImage): Promise<ImageState> {
-  const encoder = await model.encoder();
+  return encodeImage(await model.encoder(), image);
+}
+
+/** embedImage with a loaded encoder, its preprocessing (by the encoder's family) and encoder call timed in `timings`. */
+export async function encodeImage(encoder: EncoderSession, image: RgbImage, timings = new StageTimes()): Promise<ImageState> {
   const originalSize: Size = [image.height, image.width];
   if (encoder.family === 'sam2') {
-    const { embeddings, highResFeats } = await encoder.runSam2(preprocessSam2(image));
+    const input = timings.timeSync('preprocess', () => preprocessSam2(image));
+    const { embeddings, highResFeats } = await timings.time('encoder', () => encoder.runSam2(input));
     return { embeddings, highResFeats, originalSize, inputSize: [IMAGE_SIZE, IMAGE_SIZE] };
   }
-  const { tensor, inputSize } = await preprocess(image);
-  const embeddings = await encoder.run(tensor);
+  const { tensor, inputSize } = await timings.time('preprocess', () => preprocess(image));
+  const embeddings = await timings.time('encoder', () => encoder.run(tensor));
   return { embeddings, originalSize, inputSize };
 }
 

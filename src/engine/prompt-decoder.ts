@@ -195,27 +195,18 @@ export async function decodePrompts(
   };
   const plane = new MaskPlane(createUpscaler(state.inputSize, state.originalSize), state.originalSize);
 
-  // Rows of one call must have the same number of points: group by it, keep input order within.
-  const groups = groupBy(prompts, (p) => (p.points?.length ?? 0) + (p.box ? 2 : 1));
-  for (const [n, indices] of groups) {
-    for (let start = 0; start < indices.length; start += chunk) {
-      const rows = indices.slice(start, start + chunk);
-      const coords = new Float32Array(rows.length * n * 2);
-      const labels = new Float32Array(rows.length * n);
-      rows.forEach((idx, r) => {
-        const a = promptArrays(prompts[idx], state.originalSize);
-        coords.set(a.coords, r * n * 2);
-        labels.set(a.labels, r * n);
-      });
-      const res = await run(coords, labels, rows.length, n);
-      const m = res.m;
-      for (let r = 0; r < rows.length; r++) {
-        const idx = rows[r];
-        // Multimask: the best of masks 1..3 (mask 0 is the single-mask output).
-        const best = m > 1 && wantsMultimask(prompts[idx], options.multimask) ? bestOf(res.iou, r, m, 1) : 0;
-        const at = (r * m + best) * LOW_RES_LENGTH;
-        await onMask(idx, plane.describe(res.low.subarray(at, at + LOW_RES_LENGTH), res.iou[r * m + best]));
-      }
+  // Rows of one call must have the same number of points (SAM: with the padding point unless a box).
+  const pointCount = (p: BatchPrompt): number => (p.points?.length ?? 0) + (p.box ? 2 : 1);
+  for (const { n, rows } of decoderCalls(prompts, () => 0, pointCount, chunk)) {
+    const { coords, labels } = promptRows(prompts, rows, n, (p) => promptArrays(p, state.originalSize));
+    const res = await run(coords, labels, rows.length, n);
+    const m = res.m;
+    for (let r = 0; r < rows.length; r++) {
+      const idx = rows[r];
+      // Multimask: the best of masks 1..3 (mask 0 is the single-mask output).
+      const best = m > 1 && wantsMultimask(prompts[idx], options.multimask) ? bestOf(res.iou, r, m, 1) : 0;
+      const at = (r * m + best) * LOW_RES_LENGTH;
+      await onMask(idx, plane.describe(res.low.subarray(at, at + LOW_RES_LENGTH), res.iou[r * m + best]));
     }
   }
 }
@@ -247,38 +238,52 @@ async function decodeSam2Prompts(
     return g;
   };
   const plane = new MaskPlane(createSam2Upscaler(size), size);
-  // Group by graph, then by point count (no padding point: box corners + clicks).
-  const groups = groupBy(prompts, (p) => graphOf(p));
-  for (const [graph, members] of groups) {
-    const byPoints = groupBy(
-      members.map((i) => prompts[i]),
-      (p) => (p.points?.length ?? 0) + (p.box ? 2 : 0),
-    );
-    for (const [n, local] of byPoints) {
-      const indices = local.map((j) => members[j]);
-      for (let start = 0; start < indices.length; start += chunk) {
-        const rows = indices.slice(start, start + chunk);
-        // point_coords [rows, n, 2] in the 1024 frame, point_labels [rows, n].
-        const { coords, labels } = sam2Rows(prompts, rows, n, size);
-        // lowResMasks [rows, m, 256, 256], iouPredictions [rows, m].
-        const res = await graph.run(image, coords, labels, rows.length, n);
-        const m = res.numMasks;
-        for (let r = 0; r < rows.length; r++) {
-          const best = bestOf(res.iouPredictions, r, m, 0);
-          const at = (r * m + best) * LOW_RES_LENGTH;
-          await onMask(rows[r], plane.describe(filled(res.lowResMasks.subarray(at, at + LOW_RES_LENGTH), options.fill), res.iouPredictions[r * m + best]));
-        }
-      }
+  for (const { key: graph, n, rows } of decoderCalls(prompts, graphOf, sam2PointCount, chunk)) {
+    // point_coords [rows, n, 2] in the 1024 frame, point_labels [rows, n].
+    const { coords, labels } = promptRows(prompts, rows, n, (p) => sam2PromptArrays(p, size));
+    // lowResMasks [rows, m, 256, 256], iouPredictions [rows, m].
+    const res = await graph.run(image, coords, labels, rows.length, n);
+    const m = res.numMasks;
+    for (let r = 0; r < rows.length; r++) {
+      const best = bestOf(res.iouPredictions, r, m, 0);
+      const at = (r * m + best) * LOW_RES_LENGTH;
+      await onMask(rows[r], plane.describe(filled(res.lowResMasks.subarray(at, at + LOW_RES_LENGTH), options.fill), res.iouPredictions[r * m + best]));
     }
   }
 }
 
-/** Rows [rows, n, 2] / [rows, n] of SAM 2 prompt arrays for prompts `rows` of `prompts`. */
-function sam2Rows(prompts: readonly BatchPrompt[], rows: readonly number[], n: number, size: Size): { coords: Float32Array; labels: Float32Array } {
+/**
+ * The rows of decoder calls: prompts grouped by `key` (SAM 2: the graph or output kind), then by
+ * `pointCount` (rows of one call share it), in chunks of `chunk`; input order within a group.
+ */
+function* decoderCalls<K>(
+  prompts: readonly BatchPrompt[],
+  key: (p: BatchPrompt) => K,
+  pointCount: (p: BatchPrompt) => number,
+  chunk: number,
+): Generator<{ key: K; n: number; rows: number[] }> {
+  for (const [k, members] of groupBy(prompts, key)) {
+    for (const [n, local] of groupBy(members.map((i) => prompts[i]), pointCount)) {
+      const indices = local.map((j) => members[j]);
+      for (let start = 0; start < indices.length; start += chunk) yield { key: k, n, rows: indices.slice(start, start + chunk) };
+    }
+  }
+}
+
+/** SAM 2's point count: box corners + clicks (the graph appends the padding point). */
+const sam2PointCount = (p: BatchPrompt): number => (p.points?.length ?? 0) + (p.box ? 2 : 0);
+
+/** point_coords [rows, n, 2] / point_labels [rows, n] of prompts `rows`, each row from `arrays` (SAM's or SAM 2's transform). */
+function promptRows(
+  prompts: readonly BatchPrompt[],
+  rows: readonly number[],
+  n: number,
+  arrays: (p: BatchPrompt) => { coords: Float32Array; labels: Float32Array },
+): { coords: Float32Array; labels: Float32Array } {
   const coords = new Float32Array(rows.length * n * 2);
   const labels = new Float32Array(rows.length * n);
   rows.forEach((idx, r) => {
-    const a = sam2PromptArrays(prompts[idx], size);
+    const a = arrays(prompts[idx]);
     coords.set(a.coords, r * n * 2);
     labels.set(a.labels, r * n);
   });
@@ -301,25 +306,14 @@ async function decodeSam2PromptsSplit(
 ): Promise<void> {
   const image = await split.imageSide(features);
   const plane = new MaskPlane(createSam2Upscaler(size), size);
-  const groups = groupBy(prompts, (p) => wantsMultimask(p, options.multimask));
-  for (const [multimask, members] of groups) {
-    const byPoints = groupBy(
-      members.map((i) => prompts[i]),
-      (p) => (p.points?.length ?? 0) + (p.box ? 2 : 0),
-    );
-    for (const [n, local] of byPoints) {
-      const indices = local.map((j) => members[j]);
-      for (let start = 0; start < indices.length; start += chunk) {
-        const rows = indices.slice(start, start + chunk);
-        const { coords, labels } = sam2Rows(prompts, rows, n, size);
-        const stage1 = await split.promptSide(image, coords, labels, rows.length, n, multimask);
-        const m = stage1.numMasks;
-        const cols = Int32Array.from(rows, (_, r) => bestOf(stage1.iouPredictions, r, m, 0));
-        const low = await split.chosenMasks(image, stage1, Int32Array.from(rows.keys()), cols);
-        for (let r = 0; r < rows.length; r++) {
-          await onMask(rows[r], plane.describe(filled(low.subarray(r * LOW_RES_LENGTH, (r + 1) * LOW_RES_LENGTH), options.fill), stage1.iouPredictions[r * m + cols[r]]));
-        }
-      }
+  for (const { key: multimask, n, rows } of decoderCalls(prompts, (p) => wantsMultimask(p, options.multimask), sam2PointCount, chunk)) {
+    const { coords, labels } = promptRows(prompts, rows, n, (p) => sam2PromptArrays(p, size));
+    const stage1 = await split.promptSide(image, coords, labels, rows.length, n, multimask);
+    const m = stage1.numMasks;
+    const cols = Int32Array.from(rows, (_, r) => bestOf(stage1.iouPredictions, r, m, 0));
+    const low = await split.chosenMasks(image, stage1, Int32Array.from(rows.keys()), cols);
+    for (let r = 0; r < rows.length; r++) {
+      await onMask(rows[r], plane.describe(filled(low.subarray(r * LOW_RES_LENGTH, (r + 1) * LOW_RES_LENGTH), options.fill), stage1.iouPredictions[r * m + cols[r]]));
     }
   }
 }

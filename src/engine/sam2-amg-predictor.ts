@@ -14,11 +14,11 @@ import { StageTimes } from '../core/timings.js';
 import type { AmgPredictor, MaskFilter, PointPrediction } from '../amg/predictor.js';
 import type { BoxXyxy, Size } from '../core/types.js';
 import { SAM2_HIGH_RES_DIMS } from '../io/embedding-file.js';
-import { cropImage, preprocessSam2, type RgbImage } from '../io/image.js';
+import { cropImage, type RgbImage } from '../io/image.js';
 import { modelError } from '../util/errors.js';
 import type { EncoderSession, SamModel, Sam2DecoderSession } from './model.js';
 import { Sam2SplitDecoderSession, type Sam2SplitImageSide } from './sam2-split-decoder.js';
-import type { ImageState } from './predictor.js';
+import { encodeImage, type ImageState } from './predictor.js';
 
 /**
  * Prompts per decoder call (rows are computed independently, so results do not depend on it); it
@@ -57,22 +57,15 @@ export class Sam2AmgPredictor implements AmgPredictor {
   async setCrop(cropBox: BoxXyxy): Promise<{ cropSize: Size; inputSize: Size }> {
     const [x0, y0, x1, y1] = cropBox;
     const isFull = x0 === 0 && y0 === 0 && x1 === this.image.width && y1 === this.image.height;
-    let embeddings: Float32Array;
-    let highResFeats: readonly [Float32Array, Float32Array];
-    let size: Size;
+    let state: ImageState;
     if (isFull && this.fullImage) {
-      if (!this.fullImage.highResFeats) throw modelError('internal: a SAM 2 embedding without its high-res features');
-      embeddings = this.fullImage.embeddings;
-      highResFeats = this.fullImage.highResFeats;
-      size = this.fullImage.originalSize;
+      state = this.fullImage;
     } else {
       if (!this.encoder) throw new Error('internal: no encoder for crop embedding');
-      const encoder = this.encoder;
-      const crop = cropImage(this.image, cropBox);
-      const input = this.timings.timeSync('preprocess', () => preprocessSam2(crop));
-      ({ embeddings, highResFeats } = await this.timings.time('encoder', () => encoder.runSam2(input)));
-      size = [crop.height, crop.width];
+      state = await encodeImage(this.encoder, cropImage(this.image, cropBox), this.timings);
     }
+    const { embeddings, highResFeats, originalSize: size } = state;
+    if (!highResFeats) throw modelError('internal: a SAM 2 image state without its high-res features');
     this.feeds = {
       image_embed: new ort.Tensor('float32', embeddings, [...EMBEDDING_DIMS]),
       high_res_feats_0: new ort.Tensor('float32', highResFeats[0], [...SAM2_HIGH_RES_DIMS[0]]),

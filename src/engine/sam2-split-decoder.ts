@@ -16,6 +16,7 @@
 import * as ort from 'onnxruntime-node';
 import { LOW_RES_LENGTH } from '../core/constants.js';
 import { modelError } from '../util/errors.js';
+import { gatherRows } from './split-decoder.js';
 
 /** manifest.json "sam2SplitDecoder": the three files, relative to the model folder. */
 export interface Sam2SplitDecoderFiles {
@@ -47,15 +48,6 @@ export interface Sam2SplitStage1 {
 }
 
 const fix = "convert the checkpoint again with 'sam models convert', or remove \"sam2SplitDecoder\" from manifest.json";
-
-/** Rows `rows` of a [B, …] tensor as a new [rows.length, …] tensor. */
-function gatherRows(t: ort.Tensor, rows: Int32Array): ort.Tensor {
-  const per = t.dims.slice(1).reduce((a, d) => a * d, 1);
-  const src = t.data as Float32Array;
-  const out = new Float32Array(rows.length * per);
-  for (let i = 0; i < rows.length; i++) out.set(src.subarray(rows[i] * per, (rows[i] + 1) * per), i * per);
-  return new ort.Tensor('float32', out, [rows.length, ...t.dims.slice(1)]);
-}
 
 export class Sam2SplitDecoderSession {
   private constructor(

@@ -37,7 +37,7 @@ export interface SplitStage1 {
 const fix = 'convert the model again with `sam models convert`, or remove "splitDecoder" from manifest.json';
 
 /** Rows `rows` of a [B, …] tensor as a new [rows.length, …] tensor. */
-function gatherRows(t: ort.Tensor, rows: Int32Array): ort.Tensor {
+export function gatherRows(t: ort.Tensor, rows: Int32Array): ort.Tensor {
   const per = t.dims.slice(1).reduce((a, d) => a * d, 1);
   const src = t.data as Float32Array;
   const out = new Float32Array(rows.length * per);
