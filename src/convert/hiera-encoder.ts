@@ -36,7 +36,8 @@
  *   `foldHighResConvs: false` keeps the two convs.
  */
 import { modelError } from '../util/errors.js';
-import type { CheckpointTensor, StateDict } from './checkpoint.js';
+import { EncoderGraph } from './encoder-graph.js';
+import type { StateDict } from './checkpoint.js';
 import { hieraBlocks, hieraStageEnds, type HieraBlockSpec, type Sam2Config } from './sam2-configs.js';
 import { attr, GraphBuilder, type ModelOptions, type TensorRef } from './onnx-builder.js';
 
@@ -54,9 +55,6 @@ export interface Sam2EncoderOptions {
 
 /** onnxruntime's contrib operator domain (MultiHeadAttention). */
 const MS_DOMAIN = 'com.microsoft';
-
-/** nn.LayerNorm(eps=1e-6) in every Hiera block. */
-const LN_EPS = 1e-6;
 
 const TRUNK = 'image_encoder.trunk.';
 const NECK = 'image_encoder.neck.';
@@ -184,61 +182,14 @@ export function checkSam2EncoderTensors(sd: StateDict, cfg: Sam2Config): void {
 }
 
 /** Graph-building helpers bound to one state dict and config; method names follow the PyTorch modules. */
-class HieraBuilder {
-  private readonly shapes = new Map<string, TensorRef>();
-
+class HieraBuilder extends EncoderGraph {
   constructor(
-    private readonly g: GraphBuilder,
-    private readonly sd: StateDict,
+    g: GraphBuilder,
+    sd: StateDict,
     private readonly cfg: Sam2Config,
     private readonly attentionKind: 'fused' | 'reference',
-  ) {}
-
-  // --- state dict access -------------------------------------------------------------------
-
-  tensor(key: string, shape: readonly number[]): CheckpointTensor & { data: Float32Array } {
-    const t = this.sd.get(key);
-    if (!t) throw modelError(`checkpoint has no tensor ${key} (needed by the ${this.cfg.type} image encoder); is the checkpoint complete?`);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw modelError(`checkpoint tensor ${key} has shape [${t.shape.join(',')}], expected [${shape.join(',')}] for ${this.cfg.type}`);
-    }
-    if (!(t.data instanceof Float32Array)) throw modelError(`checkpoint tensor ${key} is ${t.dtype}, expected a floating-point tensor`);
-    return t as CheckpointTensor & { data: Float32Array };
-  }
-
-  /** A state-dict tensor as an initializer named by its key, optionally with other (same-size) dims. */
-  weight(key: string, shape: readonly number[], dims: readonly number[] = shape): TensorRef {
-    return this.g.initializer(key, this.tensor(key, shape).data, dims);
-  }
-
-  private shape(dims: readonly number[]): TensorRef {
-    const key = dims.join(',');
-    let ref = this.shapes.get(key);
-    if (ref === undefined) {
-      ref = this.g.constInt64(dims, [dims.length], 'shape');
-      this.shapes.set(key, ref);
-    }
-    return ref;
-  }
-
-  private reshape(x: TensorRef, dims: readonly number[]): TensorRef {
-    return this.g.op('Reshape', [x, this.shape(dims)]);
-  }
-
-  private transpose(x: TensorRef, perm: readonly number[]): TensorRef {
-    return this.g.op('Transpose', [x], { perm });
-  }
-
-  /** nn.Linear on 2-D tokens: x [T, in] · weightᵀ + bias. */
-  private linear(x: TensorRef, weight: TensorRef, bias?: TensorRef): TensorRef {
-    return this.g.op('Gemm', bias === undefined ? [x, weight] : [x, weight, bias], { transB: 1 });
-  }
-
-  private layerNorm(x: TensorRef, key: string, C: number): TensorRef {
-    return this.g.op('LayerNormalization', [x, this.weight(`${key}.weight`, [C]), this.weight(`${key}.bias`, [C])], {
-      axis: -1,
-      epsilon: attr.float(LN_EPS),
-    });
+  ) {
+    super(g, sd, '', { neededBy: `the ${cfg.type} image encoder`, shapeFor: cfg.type, missingHint: '; is the checkpoint complete?' });
   }
 
   // --- trunk -------------------------------------------------------------------------------

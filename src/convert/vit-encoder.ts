@@ -23,7 +23,8 @@
  *   channels-last tokens; only the 3×3 conv runs on NCHW.
  */
 import { modelError } from '../util/errors.js';
-import type { CheckpointTensor, StateDict } from './checkpoint.js';
+import { EncoderGraph } from './encoder-graph.js';
+import type { StateDict } from './checkpoint.js';
 import type { VitConfig } from './configs.js';
 import { attr, GraphBuilder, type TensorRef } from './onnx-builder.js';
 
@@ -46,9 +47,6 @@ const MS_DOMAIN = 'com.microsoft';
  * slower; the bias of a 2-row chunk is 12 heads × 128 × 4096 floats = 25 MB.
  */
 const GLOBAL_QUERY_ROWS = 2;
-
-/** LayerNorm (norm_layer = partial(nn.LayerNorm, eps=1e-6)) and LayerNorm2d epsilon. */
-const LN_EPS = 1e-6;
 
 /**
  * Builds the encoder graph: input `image` float32 [1,3,imgSize,imgSize], output
@@ -85,72 +83,23 @@ function validateConfig(cfg: VitConfig): void {
 }
 
 /** Graph-building helpers bound to one state dict and config; method names follow the PyTorch modules. */
-class VitBuilder {
-  private readonly shapes = new Map<string, TensorRef>();
+class VitBuilder extends EncoderGraph {
   private readonly oneHots = new Set<string>();
   private readonly N: number;
   private readonly C: number;
   private readonly headDim: number;
 
   constructor(
-    private readonly g: GraphBuilder,
-    private readonly sd: StateDict,
+    g: GraphBuilder,
+    sd: StateDict,
     private readonly cfg: VitConfig,
-    private readonly prefix: string,
+    prefix: string,
     private readonly attentionKind: 'fused' | 'reference',
   ) {
+    super(g, sd, prefix, { neededBy: 'the ViT image encoder', shapeFor: 'this ViT config' });
     this.N = cfg.imgSize / cfg.patchSize;
     this.C = cfg.embedDim;
     this.headDim = cfg.embedDim / cfg.numHeads;
-  }
-
-  // --- state dict access -------------------------------------------------------------------
-
-  private tensor(key: string, shape: readonly number[]): CheckpointTensor & { data: Float32Array } {
-    const full = this.prefix + key;
-    const t = this.sd.get(full);
-    if (!t) throw modelError(`checkpoint has no tensor ${full} (needed by the ViT image encoder)`);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw modelError(`checkpoint tensor ${full} has shape [${t.shape.join(',')}], expected [${shape.join(',')}] for this ViT config`);
-    }
-    if (!(t.data instanceof Float32Array)) throw modelError(`checkpoint tensor ${full} is ${t.dtype}, expected a floating-point tensor`);
-    return t as CheckpointTensor & { data: Float32Array };
-  }
-
-  /** A state-dict tensor as an initializer named by its key, optionally with other (same-size) dims. */
-  weight(key: string, shape: readonly number[], dims: readonly number[] = shape): TensorRef {
-    return this.g.initializer(this.prefix + key, this.tensor(key, shape).data, dims);
-  }
-
-  private shape(dims: readonly number[]): TensorRef {
-    const key = dims.join(',');
-    let ref = this.shapes.get(key);
-    if (ref === undefined) {
-      ref = this.g.constInt64(dims, [dims.length], 'shape');
-      this.shapes.set(key, ref);
-    }
-    return ref;
-  }
-
-  private reshape(x: TensorRef, dims: readonly number[]): TensorRef {
-    return this.g.op('Reshape', [x, this.shape(dims)]);
-  }
-
-  private transpose(x: TensorRef, perm: readonly number[]): TensorRef {
-    return this.g.op('Transpose', [x], { perm });
-  }
-
-  /** nn.Linear on 2-D tokens: x [T, in] · weightᵀ + bias. */
-  private linear(x: TensorRef, weight: TensorRef, bias?: TensorRef): TensorRef {
-    return this.g.op('Gemm', bias === undefined ? [x, weight] : [x, weight, bias], { transB: 1 });
-  }
-
-  /** nn.LayerNorm over the last axis (eps 1e-6). */
-  private layerNorm(x: TensorRef, key: string, C: number): TensorRef {
-    return this.g.op('LayerNormalization', [x, this.weight(`${key}.weight`, [C]), this.weight(`${key}.bias`, [C])], {
-      axis: -1,
-      epsilon: attr.float(LN_EPS),
-    });
   }
 
   // --- modules ----------------------------------------------------------------------------
