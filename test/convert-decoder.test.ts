@@ -13,6 +13,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { loadStateDict, type StateDict } from '../src/convert/checkpoint.js';
 import { buildSamDecoder } from '../src/convert/sam-decoder.js';
 import { TOL, absErrors, convertGoldenPath, loadGolden, readDecoderGolden, readGoldenNpy } from './helpers/golden.js';
+import { promptFeeds, type DecoderPrompt } from './helpers/decoder-feeds.js';
 
 interface GoldenCase {
   decoder_point_coords_1024: number[][];
@@ -60,35 +61,10 @@ async function session(sd: StateDict, batched: boolean, upscale = true): Promise
   });
 }
 
-interface Prompt {
-  coords: Float32Array;
-  labels: Float32Array;
-  maskInput?: Float32Array;
-}
+type Prompt = DecoderPrompt;
 
 function feeds(embeddings: ort.Tensor, prompts: readonly Prompt[], origSize?: readonly number[]): Record<string, ort.Tensor> {
-  const b = prompts.length;
-  const n = prompts[0].labels.length;
-  const coords = new Float32Array(b * n * 2);
-  const labels = new Float32Array(b * n);
-  const mask = new Float32Array(b * LOW);
-  const has = new Float32Array(b);
-  prompts.forEach((p, i) => {
-    expect(p.labels.length).toBe(n);
-    coords.set(p.coords, i * n * 2);
-    labels.set(p.labels, i * n);
-    if (p.maskInput) {
-      mask.set(p.maskInput, i * LOW);
-      has[i] = 1;
-    }
-  });
-  const f: Record<string, ort.Tensor> = {
-    image_embeddings: embeddings,
-    point_coords: new ort.Tensor('float32', coords, [b, n, 2]),
-    point_labels: new ort.Tensor('float32', labels, [b, n]),
-    mask_input: new ort.Tensor('float32', mask, [b, 1, 256, 256]),
-    has_mask_input: new ort.Tensor('float32', has, [b]),
-  };
+  const f: Record<string, ort.Tensor> = { image_embeddings: embeddings, ...promptFeeds(prompts) };
   if (origSize) f.orig_im_size = new ort.Tensor('float32', Float32Array.from(origSize), [2]);
   return f;
 }

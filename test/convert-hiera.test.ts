@@ -35,6 +35,7 @@ import { decodeNpyFloat32 } from '../src/io/npy.js';
 import { loadImage, preprocessSam2 } from '../src/io/image.js';
 import { SamError } from '../src/util/errors.js';
 import { TOL, absErrors, sharedDir } from './helpers/golden.js';
+import { thrown } from './helpers/decoder-feeds.js';
 
 const OUTPUTS = ['image_embed', 'high_res_feats_0', 'high_res_feats_1'] as const;
 type OutputName = (typeof OUTPUTS)[number];
@@ -140,16 +141,6 @@ function fakeSam2(type: Sam2ModelType, { video = true } = {}): StateDict {
     }
   }
   return shapeOnly(entries);
-}
-
-function thrown(fn: () => unknown): SamError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SamError);
-    return e as SamError;
-  }
-  throw new Error('expected a SamError');
 }
 
 let sd: StateDict;

@@ -23,8 +23,8 @@ import {
   type Sam2DecoderOptions,
 } from '../src/convert/sam2-decoder.js';
 import { decodeNpyFloat32 } from '../src/io/npy.js';
-import { SamError } from '../src/util/errors.js';
 import { TOL, absErrors, convertGoldenPath, sharedDir } from './helpers/golden.js';
+import { promptFeeds, thrown, type DecoderPrompt } from './helpers/decoder-feeds.js';
 
 const MAX_ABS = 1e-4;
 const LOW = 256 * 256;
@@ -55,11 +55,7 @@ function readNpy(file: string): { data: Float32Array; shape: number[] } {
   return { data: Float32Array.from({ length: n }, (_, i) => buf.readInt32LE(off + 4 * i)), shape };
 }
 
-interface Prompt {
-  coords: Float32Array;
-  labels: Float32Array;
-  maskInput?: Float32Array;
-}
+type Prompt = DecoderPrompt;
 
 interface Golden {
   prompt: Prompt;
@@ -84,38 +80,7 @@ async function session(bytes: Uint8Array): Promise<ort.InferenceSession> {
 let image: Record<'image_embed' | 'high_res_feats_0' | 'high_res_feats_1', ort.Tensor>;
 
 function feeds(prompts: readonly Prompt[]): Record<string, ort.Tensor> {
-  const b = prompts.length;
-  const p = prompts[0].labels.length;
-  const coords = new Float32Array(b * p * 2);
-  const labels = new Float32Array(b * p);
-  const mask = new Float32Array(b * LOW);
-  const has = new Float32Array(b);
-  prompts.forEach((pr, i) => {
-    expect(pr.labels.length).toBe(p);
-    coords.set(pr.coords, i * p * 2);
-    labels.set(pr.labels, i * p);
-    if (pr.maskInput) {
-      mask.set(pr.maskInput, i * LOW);
-      has[i] = 1;
-    }
-  });
-  return {
-    ...image,
-    point_coords: new ort.Tensor('float32', coords, [b, p, 2]),
-    point_labels: new ort.Tensor('float32', labels, [b, p]),
-    mask_input: new ort.Tensor('float32', mask, [b, 1, 256, 256]),
-    has_mask_input: new ort.Tensor('float32', has, [b]),
-  };
-}
-
-function thrown(fn: () => unknown): SamError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SamError);
-    return e as SamError;
-  }
-  throw new Error('expected a SamError');
+  return { ...image, ...promptFeeds(prompts) };
 }
 
 /** Stability score of [256²] logits at ±delta, as MaskDecoder._get_stability_scores. */
